@@ -1,0 +1,409 @@
+"""Developer commands for the fork (run with the Python that will run the tests).
+
+    python scripts/fork.py prepare [--force] [--no-venv]
+        Build the editable work tree in .work/fastapi: a git repository whose first
+        commit is the pristine upstream sdist (tag "upstream"), then our new modules,
+        then one commit per patch (git am), then our tests, examples and docs.
+        Unless --no-venv, install it editable into .venv with the test requirements.
+    python scripts/fork.py export
+        Write the work tree back: its commits since "upstream" that touch upstream
+        files become patches/ (git format-patch), its added files become our files.
+    python scripts/fork.py check
+        Fail if the committed series and files do not reproduce the tree: the series
+        must apply with git am to the pristine sdist, give the same tree as the build
+        (patch-ng), and export back to exactly what is committed; a prepared work
+        tree must have nothing left unexported.
+    python scripts/fork.py pr [--output dist/pr]
+        Write the whole change (patches and new files) as a git am-able series on
+        upstream's source: what a reviewer of the upstream pull request applies.
+    python scripts/fork.py testdir DEST [--pristine]
+        Lay out the folder the test suite runs from: the assembled (or pristine)
+        tests/, docs_src/, scripts/, docs/ and pyproject.toml, without fastapi/, so
+        that the installed package is the one under test; and the whole tree in
+        DEST-src, for lint.
+    python scripts/fork.py coverage DATA_FILE [--baseline BASELINE_DATA_FILE]
+        Check coverage of our lines: every line of our new modules and every line
+        our patches add or change must be run, and the fastapi package's total must
+        not fall below the pristine upstream run's.
+    python scripts/fork.py upstream-sdist
+        Print the path of the verified upstream sdist (downloading it if needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import fork_backend
+from fork_backend import ROOT, ForkBuildError
+
+WORK_TREE = ROOT / ".work" / "fastapi"
+VENV = ROOT / ".venv"
+UPSTREAM_TAG = "upstream"
+# Fixed identity and dates for the commits the tooling makes, so that exports are
+# byte-stable whoever runs them.
+TOOL_ENV = {
+    "GIT_AUTHOR_NAME": "fastapi fork tooling",
+    "GIT_AUTHOR_EMAIL": "tooling@fastapi-fork.invalid",
+    "GIT_COMMITTER_NAME": "fastapi fork tooling",
+    "GIT_COMMITTER_EMAIL": "tooling@fastapi-fork.invalid",
+    "GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z",
+}
+FORMAT_PATCH = ["format-patch", "--zero-commit", "--no-signature", "--no-numbered"]
+MODULE_MESSAGE = "Add the fork's new modules"
+EXTRAS_MESSAGE = "Add the fork's tests, examples and docs"
+# What the test suite needs beside tests/ (upstream's pyproject.toml carries the
+# pytest settings: warnings as errors, strict markers, timeouts).
+TEST_TREE = ("tests", "docs_src", "scripts", "docs/en/docs/img/favicon.png", "pyproject.toml")
+
+
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **TOOL_ENV, **(env or {})},
+    )
+    if result.returncode != 0:
+        raise ForkBuildError(f"git {' '.join(args)} failed in {cwd}:\n{result.stderr}")
+    return result.stdout
+
+
+def _commit_all(tree: Path, message: str) -> None:
+    git(tree, "add", "-A")
+    if git(tree, "status", "--porcelain").strip():
+        git(tree, "commit", "-q", "-m", message)
+
+
+def build_work_tree(dest: Path, root: Path = ROOT) -> None:
+    """Pristine sdist, our modules, the series (git am), our tests and docs."""
+    upstream = fork_backend.read_upstream(root)
+    dest.mkdir(parents=True)
+    fork_backend.unpack_sdist(fork_backend.fetch_sdist(upstream), dest)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "config", "core.autocrlf", "false")
+    _commit_all(dest, f"{upstream.name} {upstream.version}, the pristine sdist")
+    git(dest, "tag", UPSTREAM_TAG)
+    new_files = fork_backend.overlay_files(root)
+    modules = [f for f in new_files if f.startswith("fastapi/")]
+    _copy_new_files(root, dest, modules)
+    _commit_all(dest, MODULE_MESSAGE)
+    patches = fork_backend.patch_files(root)
+    if patches:
+        result = subprocess.run(
+            ["git", "am", "--quiet", *map(str, patches)],
+            cwd=dest,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **TOOL_ENV},
+        )
+        if result.returncode != 0:
+            raise ForkBuildError(
+                "the series does not apply cleanly with git am to the pristine "
+                f"sdist:\n{result.stdout}{result.stderr}"
+            )
+    _copy_new_files(root, dest, [f for f in new_files if f not in modules])
+    _commit_all(dest, EXTRAS_MESSAGE)
+
+
+def _copy_new_files(src: Path, dest: Path, files: Iterable[str]) -> None:
+    for rel in files:
+        if (dest / rel).exists():
+            raise ForkBuildError(f"{rel} is an upstream file: change it with a patch")
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, dest / rel)
+
+
+def export_work_tree(tree: Path, out: Path) -> None:
+    """Write the work tree's change into ``out`` in this repository's layout."""
+    if git(tree, "status", "--porcelain", "--untracked-files=all").strip():
+        raise ForkBuildError(
+            f"{tree} has uncommitted changes: commit them (one concern per commit) "
+            "before exporting"
+        )
+    added = git(tree, "diff", "--name-only", "--diff-filter=A", UPSTREAM_TAG, "HEAD").split()
+    changed = git(
+        tree, "diff", "--name-only", "--diff-filter=a", UPSTREAM_TAG, "HEAD"
+    ).split()
+    strays = [f for f in added if f.split("/")[0] not in fork_backend.OVERLAY_DIRS]
+    if strays:
+        raise ForkBuildError(
+            f"new files outside {', '.join(fork_backend.OVERLAY_DIRS)}: {strays}"
+        )
+    patches_dir = out / fork_backend.PATCHES_DIR
+    patches_dir.mkdir(parents=True, exist_ok=True)
+    if changed:
+        git(tree, *FORMAT_PATCH, "-o", str(patches_dir), f"{UPSTREAM_TAG}..HEAD", "--", *changed)
+    _copy_new_files(tree, out, added)
+
+
+def _tree_files(top: Path) -> set[str]:
+    return {
+        p.relative_to(top).as_posix()
+        for p in top.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(top).parts
+    }
+
+
+def compare_trees(expected: Path, actual: Path) -> list[str]:
+    """Paths that differ between two trees (missing on either side or not equal)."""
+    left, right = _tree_files(expected), _tree_files(actual)
+    differing = sorted(left ^ right)
+    differing += sorted(
+        f for f in left & right if not filecmp.cmp(expected / f, actual / f, shallow=False)
+    )
+    return differing
+
+
+def committed_layout(root: Path, out: Path) -> None:
+    """Copy this repository's series and new files into ``out`` for comparison."""
+    for patch in fork_backend.patch_files(root):
+        (out / fork_backend.PATCHES_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(patch, out / fork_backend.PATCHES_DIR / patch.name)
+    _copy_new_files(root, out, fork_backend.overlay_files(root))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    if WORK_TREE.exists():
+        if not args.force:
+            raise ForkBuildError(f"{WORK_TREE} exists: export it, or pass --force to rebuild")
+        shutil.rmtree(WORK_TREE)
+    build_work_tree(WORK_TREE)
+    print(f"work tree: {WORK_TREE} (git log {UPSTREAM_TAG}..HEAD shows the series)")
+    if args.no_venv:
+        return
+    if not VENV.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "-r", str(ROOT / "requirements-tests.txt")], check=True)
+    subprocess.run([*pip, "--no-deps", "-e", str(WORK_TREE)], check=True)
+    print(f"editable install in {VENV}: run the suite from {WORK_TREE}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        export_work_tree(WORK_TREE, Path(tmp))
+        for patch in fork_backend.patch_files(ROOT):
+            patch.unlink()
+        for rel in fork_backend.overlay_files(ROOT):
+            (ROOT / rel).unlink()
+        for top in fork_backend.OVERLAY_DIRS:
+            if (Path(tmp) / top).exists():
+                shutil.copytree(Path(tmp) / top, ROOT / top, dirs_exist_ok=True)
+        for patch in fork_backend.patch_files(Path(tmp)):
+            shutil.copyfile(patch, ROOT / fork_backend.PATCHES_DIR / patch.name)
+    print("exported: review with git status / git diff, then commit")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        built, worked = base / "built", base / "worked"
+        built.mkdir()
+        fork_backend.assemble(built)
+        build_work_tree(worked)
+        for rel in compare_trees(built, worked):
+            problems.append(f"build (patch-ng) and git am trees differ: {rel}")
+        committed, exported = base / "committed", base / "exported"
+        committed_layout(ROOT, committed)
+        export_work_tree(worked, exported)
+        for rel in compare_trees(committed, exported):
+            problems.append(f"series does not export back to what is committed: {rel}")
+        if WORK_TREE.exists():
+            mine = base / "mine"
+            export_work_tree(WORK_TREE, mine)
+            for rel in compare_trees(committed, mine):
+                problems.append(
+                    f"{WORK_TREE} differs from the repository ({rel}): run "
+                    "'python scripts/fork.py export' (or prepare --force)"
+                )
+    if problems:
+        raise ForkBuildError("\n".join(problems))
+    print("series and new files reproduce the tree")
+
+
+def cmd_pr(args: argparse.Namespace) -> None:
+    out = Path(args.output).resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "fastapi"
+        build_work_tree(tree)
+        git(tree, "format-patch", "--zero-commit", "--no-signature", "-o", str(out), f"{UPSTREAM_TAG}..HEAD")
+    print(f"{out}: apply with 'git am {out}/*.patch' on fastapi's 0.165.0 source")
+
+
+def cmd_testdir(args: argparse.Namespace) -> None:
+    dest = Path(args.dest).resolve()
+    if dest.exists():
+        shutil.rmtree(dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp)
+        if args.pristine:
+            upstream = fork_backend.read_upstream()
+            fork_backend.unpack_sdist(fork_backend.fetch_sdist(upstream), tree)
+        else:
+            fork_backend.assemble(tree)
+        dest.mkdir(parents=True)
+        for rel in TEST_TREE:
+            if (tree / rel).is_dir():
+                shutil.copytree(tree / rel, dest / rel)
+            else:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(tree / rel, dest / rel)
+        # The whole assembled tree beside it, for lint (upstream's lint runs on
+        # fastapi/, tests/, docs_src/ and scripts/ with upstream's settings).
+        shutil.copytree(tree, dest.parent / (dest.name + "-src"))
+
+
+def cmd_upstream_sdist(args: argparse.Namespace) -> None:
+    print(fork_backend.fetch_sdist(fork_backend.read_upstream()))
+
+
+def statement_starts(source: str) -> dict[int, int]:
+    """Map each line to the first line of the statement that holds it.
+
+    Coverage reports a multi-line statement on its first line; a line our patch
+    changes inside such a statement counts as run when the statement runs. For a
+    compound statement only its header (up to its body) belongs to it.
+    """
+    starts: dict[int, int] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.stmt):
+            continue
+        end = node.end_lineno or node.lineno
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+            decorators = getattr(node, "decorator_list", [])
+            first = min([node.lineno, *(d.lineno for d in decorators)])
+            end = body[0].lineno - 1
+            for line in range(first, end + 1):
+                starts.setdefault(line, node.lineno)
+            continue
+        for line in range(node.lineno, end + 1):
+            starts[line] = node.lineno
+    return starts
+
+
+def our_lines(pristine: Path, assembled: Path) -> dict[str, set[int]]:
+    """Lines of the assembled package that are ours: new files, added or changed lines."""
+    lines: dict[str, set[int]] = {}
+    for path in sorted(assembled.rglob("*.py")):
+        rel = path.relative_to(assembled).as_posix()
+        new = path.read_text().splitlines()
+        old_path = pristine / rel
+        if not old_path.exists():
+            lines[rel] = set(range(1, len(new) + 1))
+            continue
+        old = old_path.read_text().splitlines()
+        matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+        changed = {
+            line + 1
+            for tag, _, _, j1, j2 in matcher.get_opcodes()
+            if tag in ("replace", "insert")
+            for line in range(j1, j2)
+        }
+        if changed:
+            lines[rel] = changed
+    return lines
+
+
+def load_package_coverage(data_file: str) -> tuple[Any, dict[str, str], float]:
+    """Coverage data, the measured files of the fastapi package, and its total."""
+    import coverage
+
+    cov = coverage.Coverage(data_file=data_file)
+    cov.load()
+    measured = {}
+    for filename in cov.get_data().measured_files():
+        parts = Path(filename).parts
+        # The installed package: site-packages/fastapi/... (not tests/ or docs_src/).
+        if "site-packages" in parts and parts[parts.index("site-packages") + 1] == "fastapi":
+            measured["/".join(parts[parts.index("site-packages") + 1 :])] = filename
+    with open(os.devnull, "w") as devnull:
+        total = cov.report(include=list(measured.values()), file=devnull)
+    return cov, measured, total
+
+
+def cmd_coverage(args: argparse.Namespace) -> None:
+    cov, measured, total = load_package_coverage(args.data_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        pristine, assembled = Path(tmp) / "pristine", Path(tmp) / "assembled"
+        pristine.mkdir()
+        assembled.mkdir()
+        upstream = fork_backend.read_upstream()
+        fork_backend.unpack_sdist(fork_backend.fetch_sdist(upstream), pristine)
+        fork_backend.assemble(assembled)
+        ours = our_lines(pristine / "fastapi", assembled / "fastapi")
+        problems = []
+        for rel, lines in sorted(ours.items()):
+            key = f"fastapi/{rel}"
+            source = (assembled / "fastapi" / rel).read_text()
+            for number in sorted(lines):
+                if "pragma: no cover" in source.splitlines()[number - 1]:
+                    problems.append(f"{key}:{number}: new 'pragma: no cover'")
+            if key not in measured:
+                problems.append(f"{key}: never imported by the tests")
+                continue
+            _, statements, _, missing, _ = cov.analysis2(measured[key])
+            starts = statement_starts(source)
+            run = set(statements) - set(missing)
+            for number in sorted(lines):
+                start = starts.get(number)
+                if start is not None and start in statements and start not in run:
+                    problems.append(f"{key}:{number}: our line is not covered")
+        print(f"our lines: {sum(map(len, ours.values()))} in {len(ours)} files")
+    print(f"fastapi package total: {total:.2f}% (fork)")
+    if args.baseline is not None:
+        baseline = load_package_coverage(args.baseline)[2]
+        print(f"fastapi package total: {baseline:.2f}% (pristine upstream)")
+        if total < baseline:
+            problems.append(f"package total {total:.2f}% < pristine {baseline:.2f}%")
+    if problems:
+        raise ForkBuildError("coverage of our lines:\n" + "\n".join(problems))
+    print("every line of ours is covered")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prepare = sub.add_parser("prepare")
+    prepare.add_argument("--force", action="store_true")
+    prepare.add_argument("--no-venv", action="store_true")
+    prepare.set_defaults(func=cmd_prepare)
+    sub.add_parser("export").set_defaults(func=cmd_export)
+    sub.add_parser("check").set_defaults(func=cmd_check)
+    pr = sub.add_parser("pr")
+    pr.add_argument("--output", default=str(ROOT / "dist" / "pr"))
+    pr.set_defaults(func=cmd_pr)
+    testdir = sub.add_parser("testdir")
+    testdir.add_argument("dest")
+    testdir.add_argument("--pristine", action="store_true")
+    testdir.set_defaults(func=cmd_testdir)
+    cover = sub.add_parser("coverage")
+    cover.add_argument("data_file")
+    cover.add_argument("--baseline")
+    cover.set_defaults(func=cmd_coverage)
+    sub.add_parser("upstream-sdist").set_defaults(func=cmd_upstream_sdist)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ForkBuildError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

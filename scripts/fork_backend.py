@@ -1,0 +1,315 @@
+"""Build the fork: pinned upstream FastAPI sdist + our patch series + our new files.
+
+This module is two things:
+
+* The library every fork tool uses to *assemble* the fork's source tree: fetch the
+  upstream sdist pinned in ``pyproject.toml`` (``[tool.fork.upstream]``), check its
+  sha256, unpack it, apply ``patches/*.patch`` in order with ``patch-ng`` (no fuzz:
+  a stale hunk stops the build) and lay our new files (``fastapi/``, ``tests/``,
+  ``docs_src/``, ``docs/``) over it. A new file may not replace an upstream file:
+  changes to upstream files exist only as patches.
+* A PEP 517 build backend (``build-backend = "fork_backend"``) that assembles the
+  tree in a temporary folder and hands it to upstream's own backend, ``pdm-backend``,
+  so the wheel and sdist carry upstream's metadata (dependencies, extras, license,
+  the ``fastapi`` console script) unchanged, with the version the series marks.
+
+The sdist built here is the assembled fork (upstream's layout with our changes in
+place), so a wheel built from it needs neither the network nor this backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PATCHES_DIR = "patches"
+# Folders of this repository laid over the upstream tree: our new files, at the
+# paths they have upstream. Everything else here (scripts/, patches/, ...) is tooling.
+OVERLAY_DIRS = ("fastapi", "tests", "docs_src", "docs")
+IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+VERSION_LABEL = "lifespan"
+
+
+class ForkBuildError(Exception):
+    """The fork cannot be assembled; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    version: str
+    sha256: str
+
+    @property
+    def sdist_name(self) -> str:
+        return f"{self.name}-{self.version}.tar.gz"
+
+    @property
+    def requirement(self) -> str:
+        # "===" (arbitrary equality): "==0.165.0" would also match the fork's own
+        # "0.165.0+lifespan.N" if it sat in a wheel cache or find-links folder.
+        return f"{self.name}==={self.version}"
+
+
+def read_upstream(root: Path = ROOT) -> Upstream:
+    """Read the pin, the one place that names the upstream release."""
+    with (root / "pyproject.toml").open("rb") as f:
+        table = tomllib.load(f)["tool"]["fork"]["upstream"]
+    return Upstream(
+        name=table["name"], version=table["version"], sha256=table["sha256"]
+    )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("FASTAPI_FORK_CACHE", Path(base) / "fastapi-fork"))
+
+
+def fetch_sdist(upstream: Upstream) -> Path:
+    """Return the verified upstream sdist, downloading it with pip if needed.
+
+    ``FASTAPI_FORK_UPSTREAM_SDIST`` may name a local copy (offline builds); it is
+    checked against the pinned sha256 like a download.
+    """
+    local = os.environ.get("FASTAPI_FORK_UPSTREAM_SDIST")
+    path = Path(local) if local else cache_dir() / upstream.sdist_name
+    if not path.is_file():
+        if local:
+            raise ForkBuildError(f"FASTAPI_FORK_UPSTREAM_SDIST={local} does not exist")
+        _download(upstream, path)
+    digest = _sha256(path)
+    if digest != upstream.sha256:
+        raise ForkBuildError(
+            f"{path} has sha256 {digest}, but pyproject.toml pins "
+            f"{upstream.name} {upstream.version} at {upstream.sha256}. The upstream "
+            "file changed: delete it to download it again, or, when bumping "
+            "upstream on purpose, update [tool.fork.upstream] and rebase the series."
+        )
+    return path
+
+
+def _download(upstream: Upstream, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        # pip checks the digest too (--require-hashes) before it saves anything.
+        requirements.write_text(
+            f"{upstream.requirement} --hash=sha256:{upstream.sha256}\n"
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--require-hashes",
+            "--dest",
+            tmp,
+            "-r",
+            str(requirements),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True)
+        downloaded = Path(tmp) / upstream.sdist_name
+        if result.returncode != 0 or not downloaded.is_file():
+            raise ForkBuildError(
+                f"could not download {upstream.requirement} (sdist) with pip:\n"
+                f"{result.stdout}{result.stderr}\nSet FASTAPI_FORK_UPSTREAM_SDIST "
+                "to a local copy of the sdist to build offline."
+            )
+        shutil.move(str(downloaded), dest)
+
+
+def unpack_sdist(sdist: Path, dest: Path) -> None:
+    """Unpack the sdist's single top folder into ``dest``."""
+    with tarfile.open(sdist) as tar:
+        members = tar.getmembers()
+        prefix = members[0].name.split("/")[0] + "/"
+        for member in members:
+            if not member.name.startswith(prefix):
+                continue
+            member.name = member.name[len(prefix) :]
+            tar.extract(member, dest, filter="data")
+
+
+def patch_files(root: Path = ROOT) -> list[Path]:
+    return sorted((root / PATCHES_DIR).glob("*.patch"))
+
+
+def apply_patch(patch: Path, tree: Path) -> None:
+    """Apply one ``git format-patch`` file exactly, or raise a clear error."""
+    import patch_ng
+
+    messages = io.StringIO()
+    handler = logging.StreamHandler(messages)
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("patch_ng")
+    logger.addHandler(handler)
+    try:
+        patchset = patch_ng.fromfile(str(patch))
+        # patch-ng strips git's a/ and b/ itself.
+        ok = bool(patchset) and patchset.apply(strip=0, root=str(tree))
+    finally:
+        logger.removeHandler(handler)
+    if not ok:
+        raise ForkBuildError(
+            f"{patch.name} does not apply to the pinned upstream sdist:\n"
+            f"{messages.getvalue()}The patch is stale: rebase the series in the work "
+            "tree (python scripts/fork.py prepare), then export it."
+        )
+
+
+def overlay_files(root: Path = ROOT) -> list[str]:
+    """Our new files, as paths relative to the repository root."""
+    found = []
+    for top in OVERLAY_DIRS:
+        for dirpath, dirnames, filenames in os.walk(root / top):
+            dirnames[:] = sorted(
+                d for d in dirnames if d not in IGNORED_NAMES and not d.startswith(".")
+            )
+            for name in sorted(filenames):
+                if name.endswith((".pyc", ".pyo")) or name.startswith("."):
+                    continue
+                found.append(
+                    Path(dirpath, name).relative_to(root).as_posix(),
+                )
+    return found
+
+
+def lay_overlay(tree: Path, root: Path = ROOT) -> list[str]:
+    """Copy our new files into ``tree``; refuse to replace an upstream file."""
+    files = overlay_files(root)
+    for rel in files:
+        target = tree / rel
+        if target.exists():
+            raise ForkBuildError(
+                f"{rel} exists in upstream {read_upstream(root).version}: our tree "
+                "may only add new files. Change an upstream file with a patch "
+                f"({PATCHES_DIR}/), never with a copy."
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, target)
+    return files
+
+
+def check_version(tree: Path, upstream: Upstream) -> str:
+    """The series must mark the version as ``<upstream>+lifespan.N``."""
+    init = (tree / "fastapi" / "__init__.py").read_text()
+    match = re.search(r'^__version__ = "([^"]+)"', init, re.MULTILINE)
+    version = match.group(1) if match else ""
+    if not re.fullmatch(rf"{re.escape(upstream.version)}\+{VERSION_LABEL}\.\d+", version):
+        raise ForkBuildError(
+            f"the assembled fastapi/__init__.py has __version__ = {version!r}; the "
+            f"patch series must mark it as '{upstream.version}+{VERSION_LABEL}.N'."
+        )
+    return version
+
+
+def assemble(dest: Path, root: Path = ROOT) -> str:
+    """Assemble the fork's source tree into ``dest``; return its version."""
+    upstream = read_upstream(root)
+    unpack_sdist(fetch_sdist(upstream), dest)
+    for patch in patch_files(root):
+        apply_patch(patch, dest)
+    lay_overlay(dest, root)
+    return check_version(dest, upstream)
+
+
+@contextlib.contextmanager
+def _assembled() -> Iterator[None]:
+    """Assemble into a temporary folder and work from there (pdm-backend uses cwd)."""
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="fastapi-fork-") as tmp:
+        try:
+            assemble(Path(tmp))
+        except ForkBuildError as exc:
+            # Frontends show the last lines of a traceback: make them the reason.
+            raise SystemExit(f"fastapi fork build failed: {exc}") from None
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(cwd)
+
+
+def _absolute(directory: str) -> str:
+    return str(Path(directory).resolve())
+
+
+# PEP 517 hooks. Each one assembles the fork and delegates to pdm-backend.
+
+
+def get_requires_for_build_wheel(
+    config_settings: dict[str, Any] | None = None,
+) -> list[str]:
+    return []
+
+
+def get_requires_for_build_sdist(
+    config_settings: dict[str, Any] | None = None,
+) -> list[str]:
+    return []
+
+
+def prepare_metadata_for_build_wheel(
+    metadata_directory: str, config_settings: dict[str, Any] | None = None
+) -> str:
+    import pdm.backend
+
+    directory = _absolute(metadata_directory)
+    with _assembled():
+        return pdm.backend.prepare_metadata_for_build_wheel(directory, config_settings)
+
+
+def build_wheel(
+    wheel_directory: str,
+    config_settings: dict[str, Any] | None = None,
+    metadata_directory: str | None = None,
+) -> str:
+    import pdm.backend
+
+    directory = _absolute(wheel_directory)
+    with _assembled():
+        return pdm.backend.build_wheel(directory, config_settings)
+
+
+def build_sdist(
+    sdist_directory: str, config_settings: dict[str, Any] | None = None
+) -> str:
+    import pdm.backend
+
+    directory = _absolute(sdist_directory)
+    with _assembled():
+        return pdm.backend.build_sdist(directory, config_settings)
+
+
+def build_editable(
+    wheel_directory: str,
+    config_settings: dict[str, Any] | None = None,
+    metadata_directory: str | None = None,
+) -> str:
+    raise SystemExit(
+        "fastapi fork: this repository holds patches, not an editable tree. Run "
+        "'python scripts/fork.py prepare' for an editable work tree in .work/."
+    )
