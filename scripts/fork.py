@@ -1,32 +1,32 @@
 """Developer commands for the fork (run with the Python that will run the tests).
 
-    python scripts/fork.py prepare [--force] [--no-venv]
-        Build the editable work tree in .work/fastapi: a git repository whose first
-        commit is the pristine upstream sdist (tag "upstream"), then our new modules,
-        then one commit per patch (git am), then our tests, examples and docs.
-        Unless --no-venv, install it editable into .venv with the test requirements.
-    python scripts/fork.py export
-        Write the work tree back: its commits since "upstream" that touch upstream
-        files become patches/ (git format-patch), its added files become our files.
-    python scripts/fork.py check
-        Fail if the committed series and files do not reproduce the tree: the series
-        must apply with git am to the pristine sdist, give the same tree as the build
-        (patch-ng), and export back to exactly what is committed; a prepared work
-        tree must have nothing left unexported.
-    python scripts/fork.py pr [--output dist/pr]
-        Write the whole change (patches and new files) as a git am-able series on
-        upstream's source: what a reviewer of the upstream pull request applies.
-    python scripts/fork.py testdir DEST [--pristine]
-        Lay out the folder the test suite runs from: the assembled (or pristine)
-        tests/, docs_src/, scripts/, docs/ and pyproject.toml, without fastapi/, so
-        that the installed package is the one under test; and the whole tree in
-        DEST-src, for lint.
-    python scripts/fork.py coverage DATA_FILE [--baseline BASELINE_DATA_FILE]
-        Check coverage of our lines: every line of our new modules and every line
-        our patches add or change must be run, and the fastapi package's total must
-        not fall below the pristine upstream run's.
-    python scripts/fork.py upstream-sdist
-        Print the path of the verified upstream sdist (downloading it if needed).
+python scripts/fork.py prepare [--force] [--no-venv]
+    Build the editable work tree in .work/fastapi: a git repository whose first
+    commit is the pristine upstream sdist (tag "upstream"), then our new modules,
+    then one commit per patch (git am), then our tests, examples and docs.
+    Unless --no-venv, install it editable into .venv with the test requirements.
+python scripts/fork.py export
+    Write the work tree back: its commits since "upstream" that touch upstream
+    files become patches/ (git format-patch), its added files become our files.
+python scripts/fork.py check
+    Fail if the committed series and files do not reproduce the tree: the series
+    must apply with git am to the pristine sdist, give the same tree as the build
+    (patch-ng), and export back to exactly what is committed; a prepared work
+    tree must have nothing left unexported.
+python scripts/fork.py pr [--output dist/pr]
+    Write the whole change (patches and new files) as a git am-able series on
+    upstream's source: what a reviewer of the upstream pull request applies.
+python scripts/fork.py testdir DEST [--pristine]
+    Lay out the folder the test suite runs from: the assembled (or pristine)
+    tests/, docs_src/, scripts/, docs/ and pyproject.toml, without fastapi/, so
+    that the installed package is the one under test; and the whole tree in
+    DEST-src, for lint.
+python scripts/fork.py coverage DATA_FILE [--baseline BASELINE_DATA_FILE]
+    Check coverage of our lines: every line of our new modules and every line
+    our patches add or change must be run, and the fastapi package's total must
+    not fall below the pristine upstream run's.
+python scripts/fork.py upstream-sdist
+    Print the path of the verified upstream sdist (downloading it if needed).
 """
 
 from __future__ import annotations
@@ -65,7 +65,13 @@ MODULE_MESSAGE = "Add the fork's new modules"
 EXTRAS_MESSAGE = "Add the fork's tests, examples and docs"
 # What the test suite needs beside tests/ (upstream's pyproject.toml carries the
 # pytest settings: warnings as errors, strict markers, timeouts).
-TEST_TREE = ("tests", "docs_src", "scripts", "docs/en/docs/img/favicon.png", "pyproject.toml")
+TEST_TREE = (
+    "tests",
+    "docs_src",
+    "scripts",
+    "docs/en/docs/img/favicon.png",
+    "pyproject.toml",
+)
 
 
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -133,7 +139,9 @@ def export_work_tree(tree: Path, out: Path) -> None:
             f"{tree} has uncommitted changes: commit them (one concern per commit) "
             "before exporting"
         )
-    added = git(tree, "diff", "--name-only", "--diff-filter=A", UPSTREAM_TAG, "HEAD").split()
+    added = git(
+        tree, "diff", "--name-only", "--diff-filter=A", UPSTREAM_TAG, "HEAD"
+    ).split()
     changed = git(
         tree, "diff", "--name-only", "--diff-filter=a", UPSTREAM_TAG, "HEAD"
     ).split()
@@ -145,7 +153,15 @@ def export_work_tree(tree: Path, out: Path) -> None:
     patches_dir = out / fork_backend.PATCHES_DIR
     patches_dir.mkdir(parents=True, exist_ok=True)
     if changed:
-        git(tree, *FORMAT_PATCH, "-o", str(patches_dir), f"{UPSTREAM_TAG}..HEAD", "--", *changed)
+        git(
+            tree,
+            *FORMAT_PATCH,
+            "-o",
+            str(patches_dir),
+            f"{UPSTREAM_TAG}..HEAD",
+            "--",
+            *changed,
+        )
     _copy_new_files(tree, out, added)
 
 
@@ -162,7 +178,9 @@ def compare_trees(expected: Path, actual: Path) -> list[str]:
     left, right = _tree_files(expected), _tree_files(actual)
     differing = sorted(left ^ right)
     differing += sorted(
-        f for f in left & right if not filecmp.cmp(expected / f, actual / f, shallow=False)
+        f
+        for f in left & right
+        if not filecmp.cmp(expected / f, actual / f, shallow=False)
     )
     return differing
 
@@ -178,7 +196,9 @@ def committed_layout(root: Path, out: Path) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     if WORK_TREE.exists():
         if not args.force:
-            raise ForkBuildError(f"{WORK_TREE} exists: export it, or pass --force to rebuild")
+            raise ForkBuildError(
+                f"{WORK_TREE} exists: export it, or pass --force to rebuild"
+            )
         shutil.rmtree(WORK_TREE)
     build_work_tree(WORK_TREE)
     print(f"work tree: {WORK_TREE} (git log {UPSTREAM_TAG}..HEAD shows the series)")
@@ -242,7 +262,15 @@ def cmd_pr(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "fastapi"
         build_work_tree(tree)
-        git(tree, "format-patch", "--zero-commit", "--no-signature", "-o", str(out), f"{UPSTREAM_TAG}..HEAD")
+        git(
+            tree,
+            "format-patch",
+            "--zero-commit",
+            "--no-signature",
+            "-o",
+            str(out),
+            f"{UPSTREAM_TAG}..HEAD",
+        )
     print(f"{out}: apply with 'git am {out}/*.patch' on fastapi's 0.165.0 source")
 
 
@@ -331,7 +359,10 @@ def load_package_coverage(data_file: str) -> tuple[Any, dict[str, str], float]:
     for filename in cov.get_data().measured_files():
         parts = Path(filename).parts
         # The installed package: site-packages/fastapi/... (not tests/ or docs_src/).
-        if "site-packages" in parts and parts[parts.index("site-packages") + 1] == "fastapi":
+        if (
+            "site-packages" in parts
+            and parts[parts.index("site-packages") + 1] == "fastapi"
+        ):
             measured["/".join(parts[parts.index("site-packages") + 1 :])] = filename
     with open(os.devnull, "w") as devnull:
         total = cov.report(include=list(measured.values()), file=devnull)
@@ -378,7 +409,9 @@ def cmd_coverage(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     prepare = sub.add_parser("prepare")
     prepare.add_argument("--force", action="store_true")

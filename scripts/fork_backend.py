@@ -218,7 +218,9 @@ def check_version(tree: Path, upstream: Upstream) -> str:
     init = (tree / "fastapi" / "__init__.py").read_text()
     match = re.search(r'^__version__ = "([^"]+)"', init, re.MULTILINE)
     version = match.group(1) if match else ""
-    if not re.fullmatch(rf"{re.escape(upstream.version)}\+{VERSION_LABEL}\.\d+", version):
+    if not re.fullmatch(
+        rf"{re.escape(upstream.version)}\+{VERSION_LABEL}\.\d+", version
+    ):
         raise ForkBuildError(
             f"the assembled fastapi/__init__.py has __version__ = {version!r}; the "
             f"patch series must mark it as '{upstream.version}+{VERSION_LABEL}.N'."

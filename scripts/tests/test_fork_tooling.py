@@ -1,0 +1,211 @@
+"""Tests of the fork's build backend and developer tooling (not of FastAPI)."""
+
+import email
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import fork
+import fork_backend
+import pytest
+from fork_backend import ROOT, ForkBuildError
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A copy of this repository's build inputs to break on purpose."""
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    shutil.copyfile(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    shutil.copytree(ROOT / "patches", copy / "patches")
+    for rel in fork_backend.overlay_files(ROOT):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, copy / rel)
+    return copy
+
+
+def test_pin_is_one_exact_release():
+    upstream = fork_backend.read_upstream()
+    assert upstream.name == "fastapi"
+    assert upstream.requirement == f"fastapi==={upstream.version}"
+    assert len(upstream.sha256) == 64
+
+
+def test_assemble_marks_the_version(tmp_path: Path):
+    version = fork_backend.assemble(tmp_path)
+    upstream = fork_backend.read_upstream()
+    assert version.startswith(f"{upstream.version}+lifespan.")
+    assert f'version = "{version}"' in (tmp_path / "pyproject.toml").read_text()
+
+
+def test_stale_patch_stops_the_build(repo: Path, tmp_path: Path):
+    patch = fork_backend.patch_files(repo)[0]
+    text = patch.read_text()
+    # The context line the hunk expects no longer matches upstream.
+    patch.write_text(text.replace(" from starlette import status", " from starlette import statuz"))
+    with pytest.raises(ForkBuildError, match=f"(?s){patch.name} does not apply.*stale"):
+        fork_backend.assemble(tmp_path / "out", root=repo)
+
+
+def test_changed_upstream_file_stops_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    sdist = fork_backend.fetch_sdist(fork_backend.read_upstream())
+    changed = tmp_path / sdist.name
+    changed.write_bytes(sdist.read_bytes() + b"\0")
+    monkeypatch.setenv("FASTAPI_FORK_UPSTREAM_SDIST", str(changed))
+    with pytest.raises(ForkBuildError, match="has sha256 .* but pyproject.toml pins"):
+        fork_backend.assemble(tmp_path / "out")
+
+
+def test_missing_local_sdist_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FASTAPI_FORK_UPSTREAM_SDIST", str(tmp_path / "nope.tar.gz"))
+    with pytest.raises(ForkBuildError, match="does not exist"):
+        fork_backend.fetch_sdist(fork_backend.read_upstream())
+
+
+def test_new_file_may_not_replace_an_upstream_file(repo: Path, tmp_path: Path):
+    (repo / "fastapi").mkdir(exist_ok=True)
+    (repo / "fastapi" / "routing.py").write_text("# a copy\n")
+    with pytest.raises(ForkBuildError, match="fastapi/routing.py exists in upstream"):
+        fork_backend.assemble(tmp_path / "out", root=repo)
+
+
+def test_series_must_mark_the_version(repo: Path, tmp_path: Path):
+    for patch in fork_backend.patch_files(repo):
+        patch.unlink()
+    with pytest.raises(ForkBuildError, match=r"must mark it as '0\.165\.0\+lifespan\.N'"):
+        fork_backend.assemble(tmp_path / "out", root=repo)
+
+
+def test_pr_export_applies_with_git_am_on_pristine_source(tmp_path: Path):
+    out = tmp_path / "pr"
+    fork.main(["pr", "--output", str(out)])
+    pristine = tmp_path / "pristine"
+    pristine.mkdir()
+    fork_backend.unpack_sdist(
+        fork_backend.fetch_sdist(fork_backend.read_upstream()), pristine
+    )
+    fork.git(pristine, "init", "-q")
+    fork.git(pristine, "add", "-A")
+    fork.git(pristine, "commit", "-q", "-m", "fastapi 0.165.0")
+    fork.git(pristine, "am", "--quiet", *sorted(map(str, out.glob("*.patch"))))
+    assembled = tmp_path / "assembled"
+    assembled.mkdir()
+    fork_backend.assemble(assembled)
+    assert fork.compare_trees(assembled, pristine) == []
+
+
+def test_export_round_trips(tmp_path: Path):
+    tree = tmp_path / "tree"
+    fork.build_work_tree(tree)
+    out = tmp_path / "out"
+    fork.export_work_tree(tree, out)
+    committed = tmp_path / "committed"
+    fork.committed_layout(ROOT, committed)
+    assert fork.compare_trees(committed, out) == []
+
+
+def test_export_refuses_uncommitted_work(tmp_path: Path):
+    tree = tmp_path / "tree"
+    fork.build_work_tree(tree)
+    (tree / "fastapi" / "utils.py").write_text("changed\n")
+    with pytest.raises(ForkBuildError, match="uncommitted changes"):
+        fork.export_work_tree(tree, tmp_path / "out")
+
+
+def test_export_refuses_new_files_outside_the_overlay(tmp_path: Path):
+    tree = tmp_path / "tree"
+    fork.build_work_tree(tree)
+    (tree / "setup.py").write_text("")
+    fork.git(tree, "add", "setup.py")
+    fork.git(tree, "commit", "-q", "-m", "stray")
+    with pytest.raises(ForkBuildError, match="new files outside"):
+        fork.export_work_tree(tree, tmp_path / "out")
+
+
+def test_our_lines_counts_added_and_changed_lines(tmp_path: Path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    (old / "a.py").write_text("x = 1\ny = 2\nz = 3\n")
+    (new / "a.py").write_text("x = 1\ny = 20\nw = 0\nz = 3\n")
+    (old / "same.py").write_text("a = 1\n")
+    (new / "same.py").write_text("a = 1\n")
+    (new / "b.py").write_text("b = 1\nc = 2\n")
+    assert fork.our_lines(old, new) == {"a.py": {2, 3}, "b.py": {1, 2}}
+
+
+def test_statement_starts_maps_continuation_lines():
+    source = "x = f(\n    1,\n)\nif x:\n    y = 2\n@d\ndef g(\n    a,\n):\n    pass\n"
+    starts = fork.statement_starts(source)
+    assert starts[2] == 1 and starts[3] == 1
+    assert starts[4] == 4 and starts[5] == 5
+    assert starts[6] == 7 and starts[8] == 7 and starts[10] == 10
+
+
+def _wheel(directory: Path) -> zipfile.ZipFile:
+    (wheel,) = directory.glob("*.whl")
+    return zipfile.ZipFile(wheel)
+
+
+def test_wheel_is_a_drop_in_fastapi(tmp_path: Path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    wheel = _wheel(tmp_path)
+    version = fork_backend.assemble(tmp_path / "tree")
+    assert Path(wheel.filename).name == f"fastapi-{version}-py3-none-any.whl"
+    meta = email.message_from_bytes(wheel.read(f"fastapi-{version}.dist-info/METADATA"))
+    upstream_sdist = fork_backend.fetch_sdist(fork_backend.read_upstream())
+    with tarfile.open(upstream_sdist) as tar:
+        (pkg_info,) = (m for m in tar.getmembers() if m.name.endswith("/PKG-INFO"))
+        upstream_meta = email.message_from_bytes(tar.extractfile(pkg_info).read())
+    assert meta["Name"] == "fastapi"
+    assert meta["Version"] == version
+    for field in ("Requires-Dist", "Provides-Extra", "Requires-Python", "License-Expression"):
+        assert meta.get_all(field) == upstream_meta.get_all(field), field
+    entry_points = wheel.read(f"fastapi-{version}.dist-info/entry_points.txt").decode()
+    assert "fastapi = fastapi.cli:main" in entry_points
+    assert f'__version__ = "{version}"' in wheel.read("fastapi/__init__.py").decode()
+
+
+def test_sdist_round_trips_to_the_same_wheel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    sdist_name = fork_backend.build_sdist(str(tmp_path / "sdist"))
+    wheel_name = fork_backend.build_wheel(str(tmp_path / "direct"))
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    fork_backend.unpack_sdist(tmp_path / "sdist" / sdist_name, unpacked)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "from-sdist"), str(unpacked)],
+        check=True,
+    )
+    direct = _wheel(tmp_path / "direct")
+    from_sdist = _wheel(tmp_path / "from-sdist")
+    assert Path(from_sdist.filename).name == wheel_name
+    assert sorted(direct.namelist()) == sorted(from_sdist.namelist())
+    for name in direct.namelist():
+        if not name.endswith("RECORD"):
+            assert direct.read(name) == from_sdist.read(name), name
+
+
+def test_demo_app_shows_the_installed_fork():
+    from demo import app
+    from fastapi.testclient import TestClient
+
+    import fastapi
+
+    response = TestClient(app).get("/")
+    assert response.status_code == 200
+    assert response.json() == {
+        "fastapi": fastapi.__version__,
+        "distribution": fastapi.__version__,
+    }
+    assert "+lifespan." in fastapi.__version__
