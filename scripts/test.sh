@@ -63,7 +63,7 @@ run_suite() { # run_suite NAME PYTHON [pytest args...]
         "$python" -m coverage erase
         set +e
         "$python" -m pytest -n auto --dist loadgroup tests scripts/tests/ \
-            --cov --cov-report= -p no:sugar -q "$@" 2>&1 | tee pytest.log
+            --cov --cov-report= -p no:sugar -q -rsx "$@" 2>&1 | tee pytest.log
         status=${PIPESTATUS[0]}
         set -e
         "$python" -m coverage combine --quiet || true

@@ -209,3 +209,15 @@ def test_demo_app_shows_the_installed_fork():
         "distribution": fastapi.__version__,
     }
     assert "+lifespan." in fastapi.__version__
+
+
+def test_fork_version_satisfies_requirements_on_fastapi(tmp_path: Path):
+    from packaging.requirements import Requirement
+
+    version = fork_backend.assemble(tmp_path)
+    for requirement in ("fastapi>=0.100", "fastapi[standard]", "fastapi==0.165.0"):
+        assert Requirement(requirement).specifier.contains(version), requirement
+    # The build itself asks for the exact upstream release, never the fork.
+    upstream = Requirement(fork_backend.read_upstream().requirement)
+    assert not upstream.specifier.contains(version)
+    assert upstream.specifier.contains("0.165.0")
