@@ -359,3 +359,39 @@ def test_startup_failure_keeps_the_original_error_when_teardown_fails():
     assert exc.value.__notes__ == [
         "Another lifespan dependency teardown failed: RuntimeError('teardown failed')"
     ]
+
+
+def test_mounted_app_whose_lifespan_is_forwarded_gets_its_own_values():
+    events: list[str] = []
+
+    def shared():
+        events.append("up")
+        yield object()
+        events.append("down")
+
+    sub_app = FastAPI()
+
+    @sub_app.get("/")
+    def sub_read(value: Annotated[object, Depends(shared, scope="lifespan")]) -> int:
+        return id(value)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Forward the lifespan to the mounted app and pass its state on.
+        with TestClient(sub_app) as sub_client:
+            yield sub_client.app_state
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/")
+    def read(value: Annotated[object, Depends(shared, scope="lifespan")]) -> int:
+        return id(value)
+
+    app.mount("/sub", sub_app)
+    with TestClient(app) as client:
+        parent_value = client.get("/").json()
+        sub_value = client.get("/sub/").json()
+        assert parent_value != sub_value
+        assert client.get("/sub/").json() == sub_value
+        assert events == ["up", "up"]
+    assert events == ["up", "up", "down", "down"]

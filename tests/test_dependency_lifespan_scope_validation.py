@@ -14,7 +14,7 @@ from fastapi import (
     Response,
     WebSocket,
 )
-from fastapi.exceptions import DependencyScopeError, FastAPIError
+from fastapi.exceptions import DependencyScopeError
 from fastapi.security import SecurityScopes
 from starlette.requests import HTTPConnection
 
@@ -179,16 +179,3 @@ def test_unscoped_generator_sub_dependency_is_allowed():
         return value  # pragma: no cover
 
     assert app.routes
-
-
-def test_use_cache_false_is_refused_until_supported():
-    app = FastAPI()
-    with pytest.raises(FastAPIError, match="use_cache=False, which this version"):
-
-        @app.get("/")
-        def endpoint(
-            value: Annotated[
-                None, Depends(request_scoped, scope="lifespan", use_cache=False)
-            ],
-        ) -> None:
-            pass  # pragma: no cover

@@ -13,13 +13,13 @@ object (except on servers without lifespan `state` support, see
 """
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, cast
 
-from fastapi.dependencies.models import Dependant, _impartial
+from fastapi.dependencies.models import Dependant, _get_cache_key, _impartial
 from fastapi.exceptions import DependencyScopeError, FastAPIError
 from starlette.requests import HTTPConnection, Request
 from starlette.routing import Router
@@ -74,20 +74,12 @@ def _request_only_params(dependant: Dependant) -> Iterator[str]:
             yield f'the parameter "{param_name}" ({description})'
 
 
-def check_lifespan_dependant(dependant: Dependant, *, path: str = "") -> None:
+def check_lifespan_dependant(dependant: Dependant) -> None:
     """
     Check, when it is declared, that a lifespan-scoped dependency needs nothing
     that exists only during a request, at any depth.
     """
     _State.declared = True
-    if not dependant.use_cache:
-        # One instance per declaration is not built yet: refuse it rather than
-        # silently share one instance.
-        raise FastAPIError(
-            f'The dependency "{_call_name(dependant.call)}" is declared with '
-            'scope="lifespan" and use_cache=False, which this version does not '
-            "support yet. Remove use_cache=False to share one instance."
-        )
     _check_needs(dependant, dependant=dependant, chain=[_call_name(dependant.call)])
 
 
@@ -119,13 +111,16 @@ def _raise_scope_error(name: str, problem: str, chain: list[str]) -> None:
 
 def _iter_lifespan_dependants(
     dependant: Dependant, overrides: dict[Any, Any]
-) -> Iterator[Dependant]:
-    """Lifespan dependants declared in this tree, following dependency overrides."""
+) -> Iterator[tuple[Hashable, Dependant]]:
+    """
+    The lifespan dependencies declared in this tree, with their keys, following
+    dependency overrides.
+    """
     from fastapi.dependencies.utils import get_dependant
 
     for sub_dependant in dependant.dependencies:
         if sub_dependant.scope == "lifespan":
-            yield sub_dependant
+            yield lifespan_key(sub_dependant, parent=dependant), sub_dependant
             continue
         replacement = overrides.get(sub_dependant.call)
         if replacement is not None:
@@ -147,8 +142,27 @@ def _iter_route_dependants(app: Any) -> Iterator[Dependant]:
             yield dependant
 
 
-def _lifespan_key(dependant: Dependant) -> Any:
-    return dependant.call
+def _uses_cache(dependant: Dependant) -> bool:
+    # Upstream builds a `dependencies=` entry without its `use_cache`: read it
+    # from the Depends() that declared it.
+    depends = dependant.parameterless_depends
+    return dependant.use_cache if depends is None else bool(depends.use_cache)
+
+
+def lifespan_key(dependant: Dependant, *, parent: Dependant) -> Hashable:
+    """
+    Which instance of a lifespan dependency a declaration gets.
+
+    With `use_cache=True`, one per dependency callable (before overrides). With
+    `use_cache=False`, one per declaration: a parameter is identified by its
+    function and name; an entry of a `dependencies=` list by its Depends() object
+    (which the routes that share it keep alive).
+    """
+    if _uses_cache(dependant):
+        return dependant.call
+    if dependant.parameterless_depends is not None:
+        return ("dependencies", id(dependant.parameterless_depends))
+    return ("parameter", parent.call, dependant.name)
 
 
 class _TeardownStack(AsyncExitStack):
@@ -199,10 +213,10 @@ async def _set_up(app: Any, stack: AsyncExitStack) -> dict[Any, Any] | None:
     from fastapi.dependencies.utils import solve_dependencies
 
     overrides = getattr(app, "dependency_overrides", {}) or {}
-    declarations: dict[Any, Dependant] = {}
+    declarations: dict[Hashable, Dependant] = {}
     for route_dependant in _iter_route_dependants(app):
-        for dependant in _iter_lifespan_dependants(route_dependant, overrides):
-            declarations.setdefault(_lifespan_key(dependant), dependant)
+        for key, dependant in _iter_lifespan_dependants(route_dependant, overrides):
+            declarations.setdefault(key, dependant)
     if not declarations:
         return None
     # The whole startup acts like one request: one cache, one exit stack.
@@ -219,17 +233,25 @@ async def _set_up(app: Any, stack: AsyncExitStack) -> dict[Any, Any] | None:
         }
     )
     dependency_cache: dict[Any, Any] = {}
-    values: dict[Any, Any] = {}
+    values: dict[Hashable, Any] = {}
     for key, dependant in declarations.items():
+        use_cache = _uses_cache(dependant)
+        cache_key = _get_cache_key(dependant=dependant)
+        shared_before = cache_key in dependency_cache
         solved = await solve_dependencies(
             request=request,
-            dependant=Dependant(dependencies=[replace(dependant, name="value")]),
+            dependant=Dependant(
+                dependencies=[replace(dependant, name="value", use_cache=use_cache)]
+            ),
             dependency_overrides_provider=app,
             dependency_cache=dependency_cache,
             async_exit_stack=stack,
             embed_body_fields=False,
         )
         values[key] = solved.values["value"]
+        if not use_cache and not shared_before:
+            # A declaration's own instance is not the shared one.
+            dependency_cache.pop(cache_key)
     return values
 
 
@@ -245,7 +267,14 @@ async def _lifespan_with_dependencies(
             if values is None:
                 yield maybe_state
             elif "state" in scope:
-                runs = {app: values}
+                # Keep the runs of other apps in this state: a mounted app whose
+                # lifespan the parent forwarded (in the same state or in the
+                # state its lifespan yields).
+                runs = {
+                    **scope["state"].get(LIFESPAN_STATE_KEY, {}),
+                    **(maybe_state or {}).get(LIFESPAN_STATE_KEY, {}),
+                    app: values,
+                }
                 yield {**(maybe_state or {}), LIFESPAN_STATE_KEY: runs}
             else:
                 if getattr(app, _FALLBACK_ATTRIBUTE, None) is not None:
@@ -289,7 +318,9 @@ async def handle_lifespan(
     await Router.lifespan(run, scope, receive, send)
 
 
-def get_lifespan_value(connection: HTTPConnection, dependant: Dependant) -> Any:
+def get_lifespan_value(
+    connection: HTTPConnection, dependant: Dependant, *, parent: Dependant
+) -> Any:
     """The value of a lifespan dependency for this request's run."""
     app = connection.scope.get("app")
     state = connection.scope.get("state") or {}
@@ -305,7 +336,7 @@ def get_lifespan_value(connection: HTTPConnection, dependant: Dependant) -> Any:
             "run the server with lifespan on; for a mounted app, make the parent "
             "forward lifespan events to it."
         )
-    key = _lifespan_key(dependant)
+    key = lifespan_key(dependant, parent=parent)
     if key not in values:
         raise FastAPIError(
             f'The lifespan-scoped dependency "{name}" was not set up when this '
