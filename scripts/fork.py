@@ -5,17 +5,20 @@ python scripts/fork.py prepare [--force] [--no-venv]
     commit is the pristine upstream sdist (tag "upstream"), then our new modules,
     then one commit per patch (git am), then our tests, examples and docs.
     Unless --no-venv, install it editable into .venv with the test requirements.
-python scripts/fork.py export
+python scripts/fork.py export [--force]
     Write the work tree back: its commits since "upstream" that touch upstream
     files become patches/ (git format-patch), its added files become our files.
-python scripts/fork.py check
-    Fail if the committed series and files do not reproduce the tree: the series
-    must apply with git am to the pristine sdist, give the same tree as the build
-    (patch-ng), and export back to exactly what is committed; a prepared work
-    tree must have nothing left unexported.
+    Refused if the repository's series or files changed since prepare (that
+    would undo them), unless --force.
+python scripts/fork.py check [--work-tree]
+    Fail if the series and files do not reproduce the tree: the series must apply
+    with git am to the pristine sdist, give the same tree as the build
+    (patch-ng), and export back to exactly what is in the repository. With
+    --work-tree, the prepared work tree must also have nothing left unexported.
 python scripts/fork.py pr [--output dist/pr]
-    Write the whole change (patches and new files) as a git am-able series on
-    upstream's source: what a reviewer of the upstream pull request applies.
+    Write the whole change (patches and new files, without the patches marked
+    "Upstream-Status: not for upstream") as a git am-able series on upstream's
+    source: what a reviewer of the upstream pull request applies.
 python scripts/fork.py testdir DEST [--pristine]
     Lay out the folder the test suite runs from: the assembled (or pristine)
     tests/, docs_src/, scripts/, docs/ and pyproject.toml, without fastapi/, so
@@ -32,15 +35,15 @@ python scripts/fork.py upstream-sdist
 from __future__ import annotations
 
 import argparse
-import ast
 import difflib
 import filecmp
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +62,30 @@ TOOL_ENV = {
     "GIT_COMMITTER_EMAIL": "tooling@fastapi-fork.invalid",
     "GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z",
     "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z",
+    # A developer's own git settings (diff.noprefix, diff.algorithm, am.threeWay,
+    # format.headers, ...) must not change what the tooling writes or applies.
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
 }
-FORMAT_PATCH = ["format-patch", "--zero-commit", "--no-signature", "--no-numbered"]
+FORMAT_PATCH = [
+    "format-patch",
+    "--zero-commit",
+    "--no-signature",
+    "--no-numbered",
+    "--no-renames",
+    "--diff-algorithm=myers",
+    "--src-prefix=a/",
+    "--dst-prefix=b/",
+]
+NOT_FOR_UPSTREAM = "Upstream-Status: not for upstream"
+# Where the work tree records which committed series and files it was built
+# from, so that export never silently undoes commits it has not seen.
+FINGERPRINT = Path(".git") / "fork-fingerprint"
+# Files that running tests or tools in the work tree leaves behind.
+WORK_TREE_EXCLUDES = (
+    "__pycache__/\n*.py[co]\n.coverage*\ncoverage/\nhtmlcov/\n"
+    ".pytest_cache/\n.mypy_cache/\n.ruff_cache/\n"
+)
 MODULE_MESSAGE = "Add the fork's new modules"
 EXTRAS_MESSAGE = "Add the fork's tests, examples and docs"
 # What the test suite needs beside tests/ (upstream's pyproject.toml carries the
@@ -93,13 +118,31 @@ def _commit_all(tree: Path, message: str) -> None:
         git(tree, "commit", "-q", "-m", message)
 
 
-def build_work_tree(dest: Path, root: Path = ROOT) -> None:
-    """Pristine sdist, our modules, the series (git am), our tests and docs."""
+def layout_fingerprint(root: Path) -> str:
+    """A digest of the committed series and new files of a repository layout."""
+    digest = hashlib.sha256()
+    files = [p.relative_to(root).as_posix() for p in fork_backend.patch_files(root)]
+    for rel in sorted(files + fork_backend.overlay_files(root)):
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def build_work_tree(
+    dest: Path, root: Path = ROOT, *, upstream_only: bool = False
+) -> None:
+    """
+    Pristine sdist, our modules, the series (git am), our tests and docs.
+
+    With upstream_only, the patches marked "Upstream-Status: not for upstream"
+    (fork packaging) are left out.
+    """
     upstream = fork_backend.read_upstream(root)
     dest.mkdir(parents=True)
     fork_backend.unpack_sdist(fork_backend.fetch_sdist(upstream), dest)
     git(dest, "init", "-q", "-b", "main")
-    git(dest, "config", "core.autocrlf", "false")
+    (dest / ".git" / "info").mkdir(parents=True, exist_ok=True)
+    (dest / ".git" / "info" / "exclude").write_text(WORK_TREE_EXCLUDES)
+    (dest / FINGERPRINT).write_text(layout_fingerprint(root))
     _commit_all(dest, f"{upstream.name} {upstream.version}, the pristine sdist")
     git(dest, "tag", UPSTREAM_TAG)
     new_files = fork_backend.overlay_files(root)
@@ -107,6 +150,8 @@ def build_work_tree(dest: Path, root: Path = ROOT) -> None:
     _copy_new_files(root, dest, modules)
     _commit_all(dest, MODULE_MESSAGE)
     patches = fork_backend.patch_files(root)
+    if upstream_only:
+        patches = [p for p in patches if NOT_FOR_UPSTREAM not in p.read_text()]
     if patches:
         result = subprocess.run(
             ["git", "am", "--quiet", *map(str, patches)],
@@ -139,12 +184,9 @@ def export_work_tree(tree: Path, out: Path) -> None:
             f"{tree} has uncommitted changes: commit them (one concern per commit) "
             "before exporting"
         )
-    added = git(
-        tree, "diff", "--name-only", "--diff-filter=A", UPSTREAM_TAG, "HEAD"
-    ).split()
-    changed = git(
-        tree, "diff", "--name-only", "--diff-filter=a", UPSTREAM_TAG, "HEAD"
-    ).split()
+    diff = ["diff", "--name-only", "-z", "--no-renames", UPSTREAM_TAG, "HEAD"]
+    added = git(tree, *diff, "--diff-filter=A").split("\0")[:-1]
+    changed = git(tree, *diff, "--diff-filter=a").split("\0")[:-1]
     strays = [f for f in added if f.split("/")[0] not in fork_backend.OVERLAY_DIRS]
     if strays:
         raise ForkBuildError(
@@ -213,6 +255,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    fingerprint = WORK_TREE / FINGERPRINT
+    built_from = fingerprint.read_text() if fingerprint.exists() else "unknown"
+    if built_from != layout_fingerprint(ROOT) and not args.force:
+        raise ForkBuildError(
+            "the repository's series or files changed since the work tree was "
+            "prepared (a pull, a checkout?): exporting would undo those changes. "
+            "Rebuild it with 'prepare --force' and redo your commits on it, or "
+            "pass --force to overwrite the repository with the work tree."
+        )
     with tempfile.TemporaryDirectory() as tmp:
         export_work_tree(WORK_TREE, Path(tmp))
         for patch in fork_backend.patch_files(ROOT):
@@ -224,6 +275,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                 shutil.copytree(Path(tmp) / top, ROOT / top, dirs_exist_ok=True)
         for patch in fork_backend.patch_files(Path(tmp)):
             shutil.copyfile(patch, ROOT / fork_backend.PATCHES_DIR / patch.name)
+    (WORK_TREE / FINGERPRINT).write_text(layout_fingerprint(ROOT))
     print("exported: review with git status / git diff, then commit")
 
 
@@ -242,13 +294,13 @@ def cmd_check(args: argparse.Namespace) -> None:
         export_work_tree(worked, exported)
         for rel in compare_trees(committed, exported):
             problems.append(f"series does not export back to what is committed: {rel}")
-        if WORK_TREE.exists():
+        if args.work_tree:
             mine = base / "mine"
             export_work_tree(WORK_TREE, mine)
             for rel in compare_trees(committed, mine):
                 problems.append(
-                    f"{WORK_TREE} differs from the repository ({rel}): run "
-                    "'python scripts/fork.py export' (or prepare --force)"
+                    f"{WORK_TREE} differs from the repository ({rel}): export "
+                    "it, or, if the repository moved on, 'prepare --force'"
                 )
     if problems:
         raise ForkBuildError("\n".join(problems))
@@ -261,23 +313,17 @@ def cmd_pr(args: argparse.Namespace) -> None:
         shutil.rmtree(out)
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "fastapi"
-        build_work_tree(tree)
-        git(
-            tree,
-            "format-patch",
-            "--zero-commit",
-            "--no-signature",
-            "-o",
-            str(out),
-            f"{UPSTREAM_TAG}..HEAD",
-        )
+        build_work_tree(tree, upstream_only=True)
+        git(tree, *FORMAT_PATCH, "--numbered", "-o", str(out), f"{UPSTREAM_TAG}..HEAD")
     print(f"{out}: apply with 'git am {out}/*.patch' on fastapi's 0.165.0 source")
 
 
 def cmd_testdir(args: argparse.Namespace) -> None:
     dest = Path(args.dest).resolve()
-    if dest.exists():
-        shutil.rmtree(dest)
+    src = dest.parent / (dest.name + "-src")
+    for folder in (dest, src):
+        if folder.exists():
+            shutil.rmtree(folder)
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp)
         if args.pristine:
@@ -294,36 +340,24 @@ def cmd_testdir(args: argparse.Namespace) -> None:
                 shutil.copyfile(tree / rel, dest / rel)
         # The whole assembled tree beside it, for lint (upstream's lint runs on
         # fastapi/, tests/, docs_src/ and scripts/ with upstream's settings).
-        shutil.copytree(tree, dest.parent / (dest.name + "-src"))
+        shutil.copytree(tree, src)
 
 
 def cmd_upstream_sdist(args: argparse.Namespace) -> None:
     print(fork_backend.fetch_sdist(fork_backend.read_upstream()))
 
 
-def statement_starts(source: str) -> dict[int, int]:
-    """Map each line to the first line of the statement that holds it.
-
-    Coverage reports a multi-line statement on its first line; a line our patch
-    changes inside such a statement counts as run when the statement runs. For a
-    compound statement only its header (up to its body) belongs to it.
+def statement_of(source: str) -> Callable[[int], int]:
     """
-    starts: dict[int, int] = {}
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.stmt):
-            continue
-        end = node.end_lineno or node.lineno
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-            decorators = getattr(node, "decorator_list", [])
-            first = min([node.lineno, *(d.lineno for d in decorators)])
-            end = body[0].lineno - 1
-            for line in range(first, end + 1):
-                starts.setdefault(line, node.lineno)
-            continue
-        for line in range(node.lineno, end + 1):
-            starts[line] = node.lineno
-    return starts
+    Map a line to the first line of the statement that holds it, as coverage
+    reports it (a line our patch changes inside a multi-line statement counts as
+    run when the statement runs).
+    """
+    from coverage.parser import PythonParser
+
+    parser = PythonParser(text=source)
+    parser.parse_source()
+    return parser.first_line
 
 
 def our_lines(pristine: Path, assembled: Path) -> dict[str, set[int]]:
@@ -389,13 +423,16 @@ def cmd_coverage(args: argparse.Namespace) -> None:
             if key not in measured:
                 problems.append(f"{key}: never imported by the tests")
                 continue
-            _, statements, _, missing, _ = cov.analysis2(measured[key])
-            starts = statement_starts(source)
-            run = set(statements) - set(missing)
+            _, statements, excluded, missing, _ = cov.analysis2(measured[key])
+            first_line = statement_of(source)
             for number in sorted(lines):
-                start = starts.get(number)
-                if start is not None and start in statements and start not in run:
+                start = first_line(number)
+                if start in missing:
                     problems.append(f"{key}:{number}: our line is not covered")
+                elif start in excluded and start not in statements:
+                    problems.append(
+                        f"{key}:{number}: our line is excluded from coverage"
+                    )
         print(f"our lines: {sum(map(len, ours.values()))} in {len(ours)} files")
     print(f"fastapi package total: {total:.2f}% (fork)")
     if args.baseline is not None:
@@ -417,8 +454,12 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("--force", action="store_true")
     prepare.add_argument("--no-venv", action="store_true")
     prepare.set_defaults(func=cmd_prepare)
-    sub.add_parser("export").set_defaults(func=cmd_export)
-    sub.add_parser("check").set_defaults(func=cmd_check)
+    export = sub.add_parser("export")
+    export.add_argument("--force", action="store_true")
+    export.set_defaults(func=cmd_export)
+    check = sub.add_parser("check")
+    check.add_argument("--work-tree", action="store_true")
+    check.set_defaults(func=cmd_check)
     pr = sub.add_parser("pr")
     pr.add_argument("--output", default=str(ROOT / "dist" / "pr"))
     pr.set_defaults(func=cmd_pr)

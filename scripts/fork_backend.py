@@ -125,6 +125,9 @@ def _download(upstream: Upstream, dest: Path) -> None:
             "--no-binary",
             ":all:",
             "--require-hashes",
+            # Preparing the sdist's metadata needs pdm-backend, which this build
+            # environment has: no second isolated environment.
+            "--no-build-isolation",
             "--dest",
             tmp,
             "-r",
@@ -214,7 +217,11 @@ def lay_overlay(tree: Path, root: Path = ROOT) -> list[str]:
 
 
 def check_version(tree: Path, upstream: Upstream) -> str:
-    """The series must mark the version as ``<upstream>+lifespan.N``."""
+    """
+    The series must mark the version as ``<upstream>+lifespan.N``, the same in
+    ``fastapi/__init__.py`` and in the static version of ``pyproject.toml`` (which
+    the wheel's metadata comes from).
+    """
     init = (tree / "fastapi" / "__init__.py").read_text()
     match = re.search(r'^__version__ = "([^"]+)"', init, re.MULTILINE)
     version = match.group(1) if match else ""
@@ -224,6 +231,13 @@ def check_version(tree: Path, upstream: Upstream) -> str:
         raise ForkBuildError(
             f"the assembled fastapi/__init__.py has __version__ = {version!r}; the "
             f"patch series must mark it as '{upstream.version}+{VERSION_LABEL}.N'."
+        )
+    with (tree / "pyproject.toml").open("rb") as f:
+        static_version = tomllib.load(f)["project"].get("version")
+    if static_version != version:
+        raise ForkBuildError(
+            f"the assembled pyproject.toml has version = {static_version!r} but "
+            f"fastapi/__init__.py has {version!r}: the first patch must mark both."
         )
     return version
 

@@ -84,6 +84,8 @@ def test_series_must_mark_the_version(repo: Path, tmp_path: Path):
 def test_pr_export_applies_with_git_am_on_pristine_source(tmp_path: Path):
     out = tmp_path / "pr"
     fork.main(["pr", "--output", str(out)])
+    # Fork packaging (the version mark) is not part of the upstream change.
+    assert not any(fork.NOT_FOR_UPSTREAM in p.read_text() for p in out.glob("*"))
     pristine = tmp_path / "pristine"
     pristine.mkdir()
     fork_backend.unpack_sdist(
@@ -93,10 +95,10 @@ def test_pr_export_applies_with_git_am_on_pristine_source(tmp_path: Path):
     fork.git(pristine, "add", "-A")
     fork.git(pristine, "commit", "-q", "-m", "fastapi 0.165.0")
     fork.git(pristine, "am", "--quiet", *sorted(map(str, out.glob("*.patch"))))
-    assembled = tmp_path / "assembled"
-    assembled.mkdir()
-    fork_backend.assemble(assembled)
-    assert fork.compare_trees(assembled, pristine) == []
+    expected = tmp_path / "expected"
+    fork.build_work_tree(expected, upstream_only=True)
+    assert fork.compare_trees(expected, pristine) == []
+    assert "lifespan" in (pristine / "fastapi" / "params.py").read_text()
 
 
 def test_export_round_trips(tmp_path: Path):
@@ -139,12 +141,16 @@ def test_our_lines_counts_added_and_changed_lines(tmp_path: Path):
     assert fork.our_lines(old, new) == {"a.py": {2, 3}, "b.py": {1, 2}}
 
 
-def test_statement_starts_maps_continuation_lines():
-    source = "x = f(\n    1,\n)\nif x:\n    y = 2\n@d\ndef g(\n    a,\n):\n    pass\n"
-    starts = fork.statement_starts(source)
-    assert starts[2] == 1 and starts[3] == 1
-    assert starts[4] == 4 and starts[5] == 5
-    assert starts[6] == 7 and starts[8] == 7 and starts[10] == 10
+def test_statement_of_maps_continuation_lines():
+    source = (
+        "x = f(\n    1,\n)\n"
+        "try:\n    pass\nexcept (\n    ValueError\n):\n    pass\n"
+        "match x:\n    case 1:\n        if x:\n            pass\n"
+    )
+    first_line = fork.statement_of(source)
+    assert first_line(2) == 1 and first_line(3) == 1
+    assert first_line(7) == 6 and first_line(8) == 6
+    assert first_line(12) == 12
 
 
 def _wheel(directory: Path) -> zipfile.ZipFile:
@@ -221,3 +227,48 @@ def test_fork_version_satisfies_requirements_on_fastapi(tmp_path: Path):
     upstream = Requirement(fork_backend.read_upstream().requirement)
     assert not upstream.specifier.contains(version)
     assert upstream.specifier.contains("0.165.0")
+
+
+def test_series_must_mark_both_versions(repo: Path, tmp_path: Path):
+    patch = fork_backend.patch_files(repo)[0]
+    text = patch.read_text()
+    marked = text.index('+version = "')
+    end = text.index("\n", marked)
+    patch.write_text(text[:marked] + '+version = "0.165.0+lifespan.0"' + text[end:])
+    with pytest.raises(ForkBuildError, match="the first patch must mark both"):
+        fork_backend.assemble(tmp_path / "out", root=repo)
+
+
+def test_export_refuses_to_undo_changes_it_has_not_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    tree = tmp_path / "tree"
+    fork.build_work_tree(tree)
+    monkeypatch.setattr(fork, "WORK_TREE", tree)
+    (tree / fork.FINGERPRINT).write_text("built from an older repository")
+    with pytest.raises(SystemExit, match="changed since the work tree was"):
+        fork.main(["export"])
+
+
+def test_tooling_ignores_the_developers_git_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    config = tmp_path / "gitconfig"
+    config.write_text("[diff]\n\tnoprefix = true\n\talgorithm = histogram\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    tree = tmp_path / "tree"
+    fork.build_work_tree(tree)
+    out = tmp_path / "out"
+    fork.export_work_tree(tree, out)
+    committed = tmp_path / "committed"
+    fork.committed_layout(ROOT, committed)
+    assert fork.compare_trees(committed, out) == []
+
+
+def test_work_tree_ignores_what_tests_leave_behind(tmp_path: Path):
+    tree = tmp_path / "tree"
+    fork.build_work_tree(tree)
+    (tree / "fastapi" / "__pycache__").mkdir()
+    (tree / "fastapi" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
+    (tree / ".coverage.host.1").write_text("")
+    fork.export_work_tree(tree, tmp_path / "out")
