@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import logging
 import os
@@ -125,14 +126,15 @@ def _download(upstream: Upstream, dest: Path) -> None:
             "--no-binary",
             ":all:",
             "--require-hashes",
-            # Preparing the sdist's metadata needs pdm-backend, which this build
-            # environment has: no second isolated environment.
-            "--no-build-isolation",
             "--dest",
             tmp,
             "-r",
             str(requirements),
         ]
+        if importlib.util.find_spec("pdm") is not None:
+            # pip prepares the sdist's metadata with pdm-backend: where it is at
+            # hand (the build environment), skip a second isolated environment.
+            command.append("--no-build-isolation")
         result = subprocess.run(command, capture_output=True, text=True)
         downloaded = Path(tmp) / upstream.sdist_name
         if result.returncode != 0 or not downloaded.is_file():
