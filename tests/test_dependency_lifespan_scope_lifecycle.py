@@ -395,3 +395,47 @@ def test_mounted_app_whose_lifespan_is_forwarded_gets_its_own_values():
         assert client.get("/sub/").json() == sub_value
         assert events == ["up", "up"]
     assert events == ["up", "up", "down", "down"]
+
+
+def test_cancelled_startup_tears_down_what_was_set_up():
+    events: list[str] = []
+
+    def first():
+        events.append("first up")
+        yield "first"
+        events.append("first down")
+
+    async def slow():
+        events.append("slow started")
+        await anyio.sleep(30)
+        yield "slow"  # pragma: no cover
+
+    app = FastAPI()
+
+    @app.get("/")
+    def read(
+        a: Annotated[str, Depends(first, scope="lifespan")],
+        b: Annotated[str, Depends(slow, scope="lifespan")],
+    ) -> None:
+        pass  # pragma: no cover
+
+    async def serve_and_stop() -> None:
+        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async with send_stream, receive_stream:
+            await send_stream.send({"type": "lifespan.startup"})
+            # A server stopped (Ctrl-C) while "slow" is still setting up.
+            with anyio.move_on_after(0.5):
+                await app(
+                    {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                    receive_stream.receive,
+                    send,
+                )
+        assert sent[0]["type"] == "lifespan.startup.failed"
+
+    anyio.run(serve_and_stop)
+    assert events == ["first up", "slow started", "first down"]

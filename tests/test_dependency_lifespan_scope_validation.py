@@ -9,6 +9,8 @@ from fastapi import (
     Cookie,
     Depends,
     FastAPI,
+    File,
+    Form,
     Header,
     Request,
     Response,
@@ -33,6 +35,14 @@ def needs_cookie(session: Annotated[str, Cookie()]) -> str:
 
 def needs_body(item: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
     return item  # pragma: no cover
+
+
+def needs_form(name: Annotated[str, Form()]) -> str:
+    return name  # pragma: no cover
+
+
+def needs_file(upload: Annotated[bytes, File()]) -> bytes:
+    return upload  # pragma: no cover
 
 
 def needs_request(request: Request) -> None:
@@ -90,6 +100,8 @@ def top(value: Annotated[None, Depends(middle)]) -> None:
         (needs_header, 'needs the header parameter "x_token"'),
         (needs_cookie, 'needs the cookie parameter "session"'),
         (needs_body, 'needs the body parameter "item"'),
+        (needs_form, 'needs the form parameter "name"'),
+        (needs_file, 'needs the file parameter "upload"'),
         (needs_request, 'needs the parameter "request" (the Request)'),
         (needs_websocket, 'needs the parameter "websocket" (the WebSocket)'),
         (needs_connection, 'needs the parameter "connection" (the HTTPConnection)'),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, cast
 
+from fastapi import params
 from fastapi.dependencies.models import Dependant, _get_cache_key, _impartial
 from fastapi.exceptions import DependencyScopeError, FastAPIError
 from starlette.requests import HTTPConnection, Request
@@ -67,7 +68,12 @@ def _request_only_params(dependant: Dependant) -> Iterator[str]:
         ("body", dependant.body_params),
     ):
         for field in fields:
-            yield f'the {kind} parameter "{field.name}"'
+            field_kind = kind
+            if isinstance(field.field_info, params.File):
+                field_kind = "file"
+            elif isinstance(field.field_info, params.Form):
+                field_kind = "form"
+            yield f'the {field_kind} parameter "{field.name}"'
     for attribute, description in _REQUEST_ONLY_PARAMS.items():
         param_name = getattr(dependant, attribute)
         if param_name is not None:
