@@ -86,8 +86,8 @@ WORK_TREE_EXCLUDES = (
     "__pycache__/\n*.py[co]\n.coverage*\ncoverage/\nhtmlcov/\n"
     ".pytest_cache/\n.mypy_cache/\n.ruff_cache/\n"
 )
-MODULE_MESSAGE = "Add the fork's new modules"
-EXTRAS_MESSAGE = "Add the fork's tests, examples and docs"
+MODULE_MESSAGE = "Add the new modules (the patches that follow hook them in)"
+EXTRAS_MESSAGE = "Add the tests, examples and docs of the change"
 # What the test suite needs beside tests/ (upstream's pyproject.toml carries the
 # pytest settings: warnings as errors, strict markers, timeouts).
 TEST_TREE = (
@@ -148,7 +148,7 @@ def build_work_tree(
     new_files = fork_backend.overlay_files(root)
     modules = [f for f in new_files if f.startswith("fastapi/")]
     _copy_new_files(root, dest, modules)
-    _commit_all(dest, MODULE_MESSAGE)
+    _commit_all(dest, _files_message(MODULE_MESSAGE, modules))
     patches = fork_backend.patch_files(root)
     if upstream_only:
         patches = [p for p in patches if NOT_FOR_UPSTREAM not in p.read_text()]
@@ -165,8 +165,13 @@ def build_work_tree(
                 "the series does not apply cleanly with git am to the pristine "
                 f"sdist:\n{result.stdout}{result.stderr}"
             )
-    _copy_new_files(root, dest, [f for f in new_files if f not in modules])
-    _commit_all(dest, EXTRAS_MESSAGE)
+    extras = [f for f in new_files if f not in modules]
+    _copy_new_files(root, dest, extras)
+    _commit_all(dest, _files_message(EXTRAS_MESSAGE, extras))
+
+
+def _files_message(subject: str, files: list[str]) -> str:
+    return subject + "\n\n" + "".join(f"- {rel}\n" for rel in files)
 
 
 def _copy_new_files(src: Path, dest: Path, files: Iterable[str]) -> None:

@@ -206,3 +206,20 @@ def test_invalid_scope_is_rejected_with_the_accepted_values():
 def test_max_concurrency_is_rejected_with_lifespan_scope():
     with pytest.raises(ValueError, match="max_concurrency cannot be combined"):
         Depends(Pool, scope="lifespan", max_concurrency=2)
+
+
+def test_frontend_routes_get_app_level_lifespan_dependencies(tmp_path):
+    (tmp_path / "index.html").write_text("<h1>frontend</h1>")
+    events: list[str] = []
+
+    def app_level():
+        events.append("up")
+        yield
+        events.append("down")
+
+    app = FastAPI(dependencies=[Depends(app_level, scope="lifespan")])
+    app.frontend("/", directory=tmp_path)
+    with TestClient(app) as client:
+        assert client.get("/").text == "<h1>frontend</h1>"
+        assert events == ["up"]
+    assert events == ["up", "down"]

@@ -122,6 +122,7 @@ def _iter_lifespan_dependants(
     The lifespan dependencies declared in this tree, with their keys, following
     dependency overrides.
     """
+    # Imported here: fastapi.dependencies.utils imports this module.
     from fastapi.dependencies.utils import get_dependant
 
     for sub_dependant in dependant.dependencies:
@@ -140,10 +141,17 @@ def _iter_lifespan_dependants(
 
 
 def _iter_route_dependants(app: Any) -> Iterator[Dependant]:
+    """The dependants of the app's current routes, included routers' too."""
+    # Imported here: fastapi.routing imports this module.
     from fastapi.routing import iter_route_contexts
 
-    for route_context in iter_route_contexts(app.router.routes):
-        dependant = getattr(route_context, "dependant", None)
+    routes = [
+        *iter_route_contexts(app.router.routes),
+        # Frontend route groups carry the app's and routers' `dependencies=`.
+        *app.router._iter_low_priority_routes(),
+    ]
+    for route in routes:
+        dependant = getattr(route, "dependant", None)
         if isinstance(dependant, Dependant):
             yield dependant
 
@@ -216,6 +224,7 @@ class _TeardownStack(AsyncExitStack):
 
 
 async def _set_up(app: Any, stack: AsyncExitStack) -> dict[Any, Any] | None:
+    # Imported here: fastapi.dependencies.utils imports this module.
     from fastapi.dependencies.utils import solve_dependencies
 
     overrides = getattr(app, "dependency_overrides", {}) or {}
@@ -297,7 +306,7 @@ async def _lifespan_with_dependencies(
                     setattr(app, _FALLBACK_ATTRIBUTE, None)
 
 
-@dataclass
+@dataclass(slots=True)
 class _LifespanRun:
     # Starlette's `Router.lifespan` runs the ASGI lifespan protocol and calls
     # `self.lifespan_context(app)` with the app only. This stands in for the router
@@ -338,7 +347,8 @@ def get_lifespan_value(
         raise FastAPIError(
             f'The lifespan-scoped dependency "{name}" is not available: the '
             "application's lifespan did not run, so lifespan dependencies were not "
-            "set up. Run the lifespan: in tests use `with TestClient(app) as client:`; "
+            "set up (or none was declared when it started). Run the lifespan: in "
+            "tests use `with TestClient(app) as client:`; "
             "run the server with lifespan on; for a mounted app, make the parent "
             "forward lifespan events to it."
         )
