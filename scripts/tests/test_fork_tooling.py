@@ -202,21 +202,6 @@ def test_sdist_round_trips_to_the_same_wheel(
             assert direct.read(name) == from_sdist.read(name), name
 
 
-def test_demo_app_shows_the_installed_fork():
-    from demo import app
-    from fastapi.testclient import TestClient
-
-    import fastapi
-
-    response = TestClient(app).get("/")
-    assert response.status_code == 200
-    assert response.json() == {
-        "fastapi": fastapi.__version__,
-        "distribution": fastapi.__version__,
-    }
-    assert "+lifespan." in fastapi.__version__
-
-
 def test_fork_version_satisfies_requirements_on_fastapi(tmp_path: Path):
     from packaging.requirements import Requirement
 

@@ -1,0 +1,30 @@
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
+
+
+class ConnectionPool:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.open = True
+        print(f"Opening a pool of {size} connections")
+
+    def close(self) -> None:
+        self.open = False
+        print("Closing the pool")
+
+
+async def get_pool():
+    pool = ConnectionPool(size=10)
+    yield pool
+    pool.close()
+
+
+app = FastAPI()
+
+
+@app.get("/items/")
+async def read_items(
+    pool: Annotated[ConnectionPool, Depends(get_pool, scope="lifespan")],
+):
+    return {"pool_size": pool.size, "pool_open": pool.open}
