@@ -145,6 +145,24 @@ def test_composition_with_user_lifespan_and_state():
     ]
 
 
+def cannot_connect() -> str:
+    raise RuntimeError("cannot connect")
+
+
+def app_failing_after(first: Any) -> FastAPI:
+    """An app whose second lifespan dependency fails to set up, after `first`."""
+    app = FastAPI()
+
+    @app.get("/")
+    def read(
+        a: Annotated[str, Depends(first, scope="lifespan")],
+        b: Annotated[str, Depends(cannot_connect, scope="lifespan")],
+    ) -> None:
+        pass  # pragma: no cover
+
+    return app
+
+
 def test_startup_failure_tears_down_what_was_set_up():
     events: list[str] = []
 
@@ -153,20 +171,8 @@ def test_startup_failure_tears_down_what_was_set_up():
         yield "first"
         events.append("first down")
 
-    def failing() -> str:
-        raise RuntimeError("cannot connect")
-
-    app = FastAPI()
-
-    @app.get("/")
-    def read(
-        a: Annotated[str, Depends(first, scope="lifespan")],
-        b: Annotated[str, Depends(failing, scope="lifespan")],
-    ) -> None:
-        pass  # pragma: no cover
-
     with pytest.raises(RuntimeError, match="cannot connect"):
-        with TestClient(app):
+        with TestClient(app_failing_after(first)):
             pass  # pragma: no cover
     assert events == ["first up", "first down"]
 
@@ -341,20 +347,8 @@ def test_startup_failure_keeps_the_original_error_when_teardown_fails():
         yield "first"
         raise RuntimeError("teardown failed")
 
-    def failing() -> str:
-        raise RuntimeError("cannot connect")
-
-    app = FastAPI()
-
-    @app.get("/")
-    def read(
-        a: Annotated[str, Depends(first, scope="lifespan")],
-        b: Annotated[str, Depends(failing, scope="lifespan")],
-    ) -> None:
-        pass  # pragma: no cover
-
     with pytest.raises(RuntimeError, match="cannot connect") as exc:
-        with TestClient(app):
+        with TestClient(app_failing_after(first)):
             pass  # pragma: no cover
     assert exc.value.__notes__ == [
         "Another lifespan dependency teardown failed: RuntimeError('teardown failed')"

@@ -101,14 +101,19 @@ def test_pr_export_applies_with_git_am_on_pristine_source(tmp_path: Path):
     assert "lifespan" in (pristine / "fastapi" / "params.py").read_text()
 
 
-def test_export_round_trips(tmp_path: Path):
+def round_trip_differences(tmp_path: Path) -> list[str]:
+    """Build a work tree from the repository, export it, compare with the repository."""
     tree = tmp_path / "tree"
     fork.build_work_tree(tree)
     out = tmp_path / "out"
     fork.export_work_tree(tree, out)
     committed = tmp_path / "committed"
     fork.committed_layout(ROOT, committed)
-    assert fork.compare_trees(committed, out) == []
+    return fork.compare_trees(committed, out)
+
+
+def test_export_round_trips(tmp_path: Path):
+    assert round_trip_differences(tmp_path) == []
 
 
 def test_export_refuses_uncommitted_work(tmp_path: Path):
@@ -241,13 +246,7 @@ def test_tooling_ignores_the_developers_git_settings(
     config = tmp_path / "gitconfig"
     config.write_text("[diff]\n\tnoprefix = true\n\talgorithm = histogram\n")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
-    tree = tmp_path / "tree"
-    fork.build_work_tree(tree)
-    out = tmp_path / "out"
-    fork.export_work_tree(tree, out)
-    committed = tmp_path / "committed"
-    fork.committed_layout(ROOT, committed)
-    assert fork.compare_trees(committed, out) == []
+    assert round_trip_differences(tmp_path) == []
 
 
 def test_work_tree_ignores_what_tests_leave_behind(tmp_path: Path):
