@@ -192,7 +192,11 @@ def export_work_tree(tree: Path, out: Path) -> None:
     diff = ["diff", "--name-only", "-z", "--no-renames", UPSTREAM_TAG, "HEAD"]
     added = git(tree, *diff, "--diff-filter=A").split("\0")[:-1]
     changed = git(tree, *diff, "--diff-filter=a").split("\0")[:-1]
-    strays = [f for f in added if f.split("/")[0] not in fork_backend.OVERLAY_DIRS]
+    strays = [
+        f
+        for f in added
+        if not any(f.startswith(f"{top}/") for top in fork_backend.OVERLAY_DIRS)
+    ]
     if strays:
         raise ForkBuildError(
             f"new files outside {', '.join(fork_backend.OVERLAY_DIRS)}: {strays}"

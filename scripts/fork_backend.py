@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PATCHES_DIR = "patches"
 # Folders of this repository laid over the upstream tree: our new files, at the
 # paths they have upstream. Everything else here (scripts/, patches/, ...) is tooling.
-OVERLAY_DIRS = ("fastapi", "tests", "docs_src", "docs")
+OVERLAY_DIRS = ("fastapi", "tests", "docs_src", "docs/en/docs")
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 VERSION_LABEL = "lifespan"
 

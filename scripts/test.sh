@@ -12,7 +12,8 @@
 # 4. Our tooling's own tests (scripts/tests/).
 # 5. Lint as upstream's scripts/lint.sh does, on the assembled package (mypy, ruff
 #    check, ruff format --check), and on our tooling.
-# 6. Coverage: every line of our new modules and of our patches is run, and the
+# 6. The benchmark in quick mode: it runs and writes its table (no timing asserted).
+# 7. Coverage: every line of our new modules and of our patches is run, and the
 #    package total is not below pristine upstream's.
 #
 # Extra arguments go to both pytest runs (e.g. -x, or -k to narrow them down).
@@ -90,6 +91,12 @@ step "lint (upstream's scripts/lint.sh on the assembled package; our tooling)"
 "$FORK_PY" -m ruff check scripts
 "$FORK_PY" -m ruff format scripts --check
 "$FORK_PY" -m mypy
+
+step "benchmark, quick mode (runs and writes its table; timings not asserted)"
+"$FORK_PY" scripts/benchmark.py --quick --fork-python "$FORK_PY" \
+    --upstream-python "$UPSTREAM_PY" --output "$BUILD/bench"
+grep -q "^## 3. Scale" "$BUILD/bench/results.md"
+test -s "$BUILD/bench/results.png"
 
 step "coverage"
 "$FORK_PY" scripts/fork.py coverage "$BUILD/fork/coverage/.coverage" \

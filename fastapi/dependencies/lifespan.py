@@ -103,7 +103,10 @@ def _check_needs(node: Dependant, *, dependant: Dependant, chain: list[str]) -> 
                 f'"{sub_dependant.scope}"',
                 sub_chain,
             )
-        _check_needs(sub_dependant, dependant=dependant, chain=sub_chain)
+        # A lifespan sub-dependency was checked when it was built (sub-dependants
+        # are built first): checking it again would make deep chains quadratic.
+        if sub_dependant.scope != "lifespan":
+            _check_needs(sub_dependant, dependant=dependant, chain=sub_chain)
 
 
 def _raise_scope_error(name: str, problem: str, chain: list[str]) -> None:
@@ -336,30 +339,31 @@ async def handle_lifespan(
 def get_lifespan_value(
     connection: HTTPConnection, dependant: Dependant, *, parent: Dependant
 ) -> Any:
-    """The value of a lifespan dependency for this request's run."""
-    app = connection.scope.get("app")
-    state = connection.scope.get("state") or {}
-    values = state.get(LIFESPAN_STATE_KEY, {}).get(app)
+    """The value of a lifespan dependency for this request's run (the hot path)."""
+    scope = connection.scope
+    app = scope.get("app")
+    runs = (scope.get("state") or {}).get(LIFESPAN_STATE_KEY)
+    values = runs.get(app) if runs is not None else None
     if values is None:
         values = getattr(app, _FALLBACK_ATTRIBUTE, None)
-    name = _call_name(dependant.call)
-    if values is None:
+        if values is None:
+            raise FastAPIError(
+                f'The lifespan-scoped dependency "{_call_name(dependant.call)}" is '
+                "not available: the application's lifespan did not run, so lifespan "
+                "dependencies were not set up (or none was declared when it "
+                "started). Run the lifespan: in tests use `with TestClient(app) as "
+                "client:`; run the server with lifespan on; for a mounted app, make "
+                "the parent forward lifespan events to it."
+            )
+    try:
+        return values[lifespan_key(dependant, parent=parent)]
+    except KeyError:
         raise FastAPIError(
-            f'The lifespan-scoped dependency "{name}" is not available: the '
-            "application's lifespan did not run, so lifespan dependencies were not "
-            "set up (or none was declared when it started). Run the lifespan: in "
-            "tests use `with TestClient(app) as client:`; "
-            "run the server with lifespan on; for a mounted app, make the parent "
-            "forward lifespan events to it."
-        )
-    key = lifespan_key(dependant, parent=parent)
-    if key not in values:
-        raise FastAPIError(
-            f'The lifespan-scoped dependency "{name}" was not set up when this '
-            "lifespan run started (was it added, or overridden, while the app was "
-            "running?). Dependency overrides take effect at the next startup."
-        )
-    return values[key]
+            f'The lifespan-scoped dependency "{_call_name(dependant.call)}" was not '
+            "set up when this lifespan run started (was it added, or overridden, "
+            "while the app was running?). Dependency overrides take effect at the "
+            "next startup."
+        ) from None
 
 
 def is_setting_up(connection: HTTPConnection) -> bool:

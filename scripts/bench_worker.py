@@ -1,0 +1,304 @@
+"""
+One benchmark measurement, run by scripts/benchmark.py with the Python of the
+environment under test (pristine upstream or the fork); prints one JSON object.
+
+    python bench_worker.py requests KIND N SIZE   -> {"per_request_us": ...}
+    python bench_worker.py startup KIND SIZE      -> {"startup_ms": ...}
+
+Requests go straight through the ASGI interface (no server, no network), after
+the app's lifespan has started, each with its own copy of the lifespan state as a
+server would give it.
+"""
+
+import asyncio
+import inspect
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from pydantic import BaseModel
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+
+
+class Resource:
+    def __init__(self) -> None:
+        self.value = 42
+
+
+class ItemOut(BaseModel):
+    name: str
+    value: int
+
+
+def dep_a() -> int:
+    return 40
+
+
+def dep_b(a: Annotated[int, Depends(dep_a)]) -> int:
+    return a + 2
+
+
+def plain_app(size: int) -> FastAPI:
+    """The shape of upstream's tests/benchmarks: sub-dependencies, a model."""
+    app = FastAPI()
+    router = APIRouter()
+    for index in range(max(size - 1, 0)):
+
+        @router.get(f"/route-{index}/{{item_id}}")
+        def route(item_id: int, dep: Annotated[int, Depends(dep_b)]) -> ItemOut:
+            return ItemOut(name="x", value=dep)  # pragma: no cover
+
+    app.include_router(router)
+
+    @app.get("/")
+    def endpoint(dep: Annotated[int, Depends(dep_b)]) -> ItemOut:
+        return ItemOut(name="item", value=dep)
+
+    return app
+
+
+GLOBAL_RESOURCE = Resource()
+
+
+def global_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/")
+    async def endpoint() -> int:
+        return GLOBAL_RESOURCE.value
+
+    return app
+
+
+def global_dependency_app() -> FastAPI:
+    async def get_resource() -> Resource:
+        return GLOBAL_RESOURCE
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def endpoint(resource: Annotated[Resource, Depends(get_resource)]) -> int:
+        return resource.value
+
+    return app
+
+
+def lifespan_app() -> FastAPI:
+    async def get_resource() -> AsyncIterator[Resource]:
+        yield Resource()
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def endpoint(
+        resource: Annotated[Resource, Depends(get_resource, scope="lifespan")],
+    ) -> int:
+        return resource.value
+
+    return app
+
+
+def state_app() -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resource]]:
+        yield {"resource": Resource()}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/")
+    async def endpoint(request: Request) -> int:
+        return int(request.state.resource.value)
+
+    return app
+
+
+def per_request_app() -> FastAPI:
+    def get_connection() -> Iterator[sqlite3.Connection]:
+        connection = sqlite3.connect(":memory:", check_same_thread=False)
+        yield connection
+        connection.close()
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def endpoint(
+        connection: Annotated[sqlite3.Connection, Depends(get_connection)],
+    ) -> int:
+        return int(connection.execute("select 42").fetchone()[0])
+
+    return app
+
+
+def dishka_app() -> FastAPI:
+    from dishka import Provider, Scope, make_async_container, provide
+    from dishka.integrations.fastapi import FromDishka, inject, setup_dishka
+
+    class ResourceProvider(Provider):
+        @provide(scope=Scope.APP)
+        def resource(self) -> Resource:
+            return Resource()
+
+    app = FastAPI()
+
+    @app.get("/")
+    @inject
+    async def endpoint(resource: FromDishka[Resource]) -> int:
+        return resource.value
+
+    setup_dishka(make_async_container(ResourceProvider()), app)
+    return app
+
+
+def width_app(size: int) -> FastAPI:
+    """One endpoint that needs `size` distinct lifespan dependencies."""
+
+    def make(index: int) -> Any:
+        def dependency() -> int:
+            return index
+
+        dependency.__name__ = f"resource_{index}"
+        return dependency
+
+    dependencies = [Depends(make(i), scope="lifespan") for i in range(size)]
+    app = FastAPI()
+
+    @app.get("/", dependencies=dependencies)
+    async def endpoint() -> int:
+        return size
+
+    return app
+
+
+def depth_app(size: int) -> FastAPI:
+    """A chain of `size` lifespan dependencies, each needing the one below."""
+    previous: Any = None
+    for index in range(size):
+
+        def dependency(**below: int) -> int:
+            return sum(below.values()) + 1
+
+        dependency.__name__ = f"level_{index}"
+        parameters = []
+        if previous is not None:
+            parameters.append(
+                inspect.Parameter(
+                    "below",
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Annotated[int, Depends(previous, scope="lifespan")],
+                )
+            )
+        dependency.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        previous = dependency
+    app = FastAPI()
+
+    @app.get("/")
+    async def endpoint(
+        top: Annotated[int, Depends(previous, scope="lifespan")],
+    ) -> int:
+        return top
+
+    return app
+
+
+def build(kind: str, size: int) -> FastAPI:
+    builders: dict[str, Any] = {
+        "plain": lambda: plain_app(size),
+        "global": global_app,
+        "global_dependency": global_dependency_app,
+        "lifespan": lifespan_app,
+        "state": state_app,
+        "per_request": per_request_app,
+        "dishka": dishka_app,
+        "width": lambda: width_app(size),
+        "depth": lambda: depth_app(size),
+    }
+    return builders[kind]()  # type: ignore[no-any-return]
+
+
+async def start(app: Any) -> tuple[dict[str, Any], Any]:
+    state: dict[str, Any] = {}
+    to_app: asyncio.Queue[Any] = asyncio.Queue()
+    from_app: asyncio.Queue[Any] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}
+    task = asyncio.create_task(app(scope, to_app.get, from_app.put))
+    await to_app.put({"type": "lifespan.startup"})
+    message = await from_app.get()
+    assert message["type"] == "lifespan.startup.complete", message
+
+    async def stop() -> None:
+        await to_app.put({"type": "lifespan.shutdown"})
+        message = await from_app.get()
+        assert message["type"] == "lifespan.shutdown.complete", message
+        await task
+
+    return state, stop
+
+
+async def request(app: Any, state: dict[str, Any]) -> None:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": dict(state),
+    }
+    status: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    assert status == [200], status
+
+
+async def measure_requests(kind: str, count: int, size: int) -> dict[str, float]:
+    app = build(kind, size)
+    state, stop = await start(app)
+    for _ in range(min(count, 50)):  # warm-up
+        await request(app, state)
+    began = time.perf_counter()
+    for _ in range(count):
+        await request(app, state)
+    elapsed = time.perf_counter() - began
+    await stop()
+    return {"per_request_us": elapsed / count * 1e6}
+
+
+async def measure_startup(kind: str, size: int) -> dict[str, float]:
+    began = time.perf_counter()
+    app = build(kind, size)
+    _, stop = await start(app)
+    elapsed = time.perf_counter() - began
+    await stop()
+    return {"startup_ms": elapsed * 1e3}
+
+
+def main() -> None:
+    sys.setrecursionlimit(10_000)
+    command, kind, *numbers = sys.argv[1:]
+    if command == "requests":
+        result = asyncio.run(measure_requests(kind, int(numbers[0]), int(numbers[1])))
+    else:
+        result = asyncio.run(measure_startup(kind, int(numbers[0])))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
