@@ -21,6 +21,11 @@ medians and ratios:
 
 --quick runs few rounds and small sizes: it only shows that everything runs (CI).
 Writes results.md and results.png into --output.
+
+--instructions instead counts CPU instructions per request (valgrind's callgrind,
+repeatable whatever else the machine does) for the no-regression comparison, and
+writes instructions.md: wall-clock ratios near 1.0 are within this machine's noise,
+instruction counts are not.
 """
 
 import argparse
@@ -30,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks"))
     parser.add_argument("--fork-python")
     parser.add_argument("--upstream-python")
+    parser.add_argument("--instructions", action="store_true")
     args = parser.parse_args(argv)
     if args.fork_python and args.upstream_python:
         fork, upstream = args.fork_python, args.upstream_python
@@ -129,6 +136,9 @@ def main(argv: list[str] | None = None) -> None:
             command = [fork, __file__, *sys.argv[1:]]
             command += ["--fork-python", fork, "--upstream-python", upstream]
             os.execv(fork, command)
+    if args.instructions:
+        count_instructions(fork, upstream, Path(args.output))
+        return
     rounds = 2 if args.quick else 7
     count = 200 if args.quick else 3000
     routes = 200 if args.quick else 5000
@@ -171,6 +181,46 @@ def main(argv: list[str] | None = None) -> None:
         output, args.quick, rounds, count, routes, sizes, no_regression, today, scale
     )
     print(f"wrote {output / 'results.md'} and {output / 'results.png'}")
+
+
+def instructions(python: str, count: int) -> int:
+    """Total instructions of one worker process serving `count` requests."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+            + [python, str(WORKER), "requests", "plain", str(count), "1"],
+            capture_output=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+        summary = out.read_text().split("summary:")[1].split()[0]
+        return int(summary)
+
+
+def count_instructions(fork: str, upstream: str, output: Path) -> None:
+    # Two request counts: the difference divided by the extra requests is the
+    # per-request cost, free of start-up and import costs.
+    small, large = 100, 400
+    lines = [
+        "# Instructions per request: upstream 0.165.0 vs the fork",
+        "",
+        "Made by `python scripts/benchmark.py --instructions`: valgrind callgrind, "
+        f"the app without the scope, ({large} − {small}) requests.",
+        "",
+        "| environment | instructions per request |",
+        "| --- | --- |",
+    ]
+    per_request = {}
+    for name, python in (("upstream", upstream), ("fork", fork)):
+        extra = instructions(python, large) - instructions(python, small)
+        per_request[name] = extra / (large - small)
+        lines.append(f"| {name} | {per_request[name]:,.0f} |")
+    ratio = per_request["fork"] / per_request["upstream"]
+    lines += ["", f"fork / upstream = {ratio:.5f}", ""]
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "instructions.md").write_text("\n".join(lines))
+    print(f"wrote {output / 'instructions.md'}: fork / upstream = {ratio:.5f}")
 
 
 def write_results(
