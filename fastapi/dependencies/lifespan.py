@@ -86,11 +86,12 @@ def check_lifespan_dependant(dependant: Dependant) -> None:
     that exists only during a request, at any depth.
     """
     _State.declared = True
-    _check_needs(dependant, dependant=dependant, chain=[_call_name(dependant.call)])
+    _check_needs(dependant, chain=[_call_name(dependant.call)])
 
 
-def _check_needs(node: Dependant, *, dependant: Dependant, chain: list[str]) -> None:
-    name = _call_name(dependant.call)
+def _check_needs(node: Dependant, *, chain: list[str]) -> None:
+    # The chain starts at the lifespan dependency being checked.
+    name = chain[0]
     for needed in _request_only_params(node):
         _raise_scope_error(name, f"needs {needed}", chain)
     for sub_dependant in node.dependencies:
@@ -106,7 +107,7 @@ def _check_needs(node: Dependant, *, dependant: Dependant, chain: list[str]) -> 
         # A lifespan sub-dependency was checked when it was built (sub-dependants
         # are built first): checking it again would make deep chains quadratic.
         if sub_dependant.scope != "lifespan":
-            _check_needs(sub_dependant, dependant=dependant, chain=sub_chain)
+            _check_needs(sub_dependant, chain=sub_chain)
 
 
 def _raise_scope_error(name: str, problem: str, chain: list[str]) -> None:
@@ -280,6 +281,7 @@ async def _lifespan_with_dependencies(
     scope: Scope,
 ) -> AsyncIterator[Any]:
     async with lifespan_context(app) as maybe_state:
+        own_state = maybe_state or {}
         async with _TeardownStack() as stack:
             values = await _set_up(app, stack)
             if values is None:
@@ -290,10 +292,10 @@ async def _lifespan_with_dependencies(
                 # state its lifespan yields).
                 runs = {
                     **scope["state"].get(LIFESPAN_STATE_KEY, {}),
-                    **(maybe_state or {}).get(LIFESPAN_STATE_KEY, {}),
+                    **own_state.get(LIFESPAN_STATE_KEY, {}),
                     app: values,
                 }
-                yield {**(maybe_state or {}), LIFESPAN_STATE_KEY: runs}
+                yield {**own_state, LIFESPAN_STATE_KEY: runs}
             else:
                 if getattr(app, _FALLBACK_ATTRIBUTE, None) is not None:
                     raise FastAPIError(
