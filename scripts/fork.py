@@ -108,7 +108,9 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
         env={**os.environ, **TOOL_ENV, **(env or {})},
     )
     if result.returncode != 0:
-        raise ForkBuildError(f"git {' '.join(args)} failed in {cwd}:\n{result.stderr}")
+        raise ForkBuildError(
+            f"git {' '.join(args)} failed in {cwd}:\n{result.stdout}{result.stderr}"
+        )
     return result.stdout
 
 
@@ -153,18 +155,12 @@ def build_work_tree(
     if upstream_only:
         patches = [p for p in patches if NOT_FOR_UPSTREAM not in p.read_text()]
     if patches:
-        result = subprocess.run(
-            ["git", "am", "--quiet", *map(str, patches)],
-            cwd=dest,
-            capture_output=True,
-            text=True,
-            env={**os.environ, **TOOL_ENV},
-        )
-        if result.returncode != 0:
+        try:
+            git(dest, "am", "--quiet", *map(str, patches))
+        except ForkBuildError as exc:
             raise ForkBuildError(
-                "the series does not apply cleanly with git am to the pristine "
-                f"sdist:\n{result.stdout}{result.stderr}"
-            )
+                f"the series does not apply cleanly to the pristine sdist: {exc}"
+            ) from None
     extras = [f for f in new_files if f not in modules]
     _copy_new_files(root, dest, extras)
     _commit_all(dest, _files_message(EXTRAS_MESSAGE, extras))
