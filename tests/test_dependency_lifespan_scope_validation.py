@@ -155,13 +155,9 @@ def test_error_names_the_chain_at_depth():
     assert "(through top -> value=middle -> value=needs_query)" in str(exc.value)
 
 
-def test_router_level_declaration_is_checked_with_its_chain():
-    router = APIRouter(dependencies=[Depends(top, scope="lifespan")])
+def test_router_level_declaration_is_checked_when_the_router_is_created():
     with pytest.raises(DependencyScopeError, match="through top -> value=middle"):
-
-        @router.get("/")
-        def endpoint() -> None:
-            pass  # pragma: no cover
+        APIRouter(dependencies=[Depends(top, scope="lifespan")])
 
 
 def test_unnamed_sub_dependency_in_chain():

@@ -13,7 +13,7 @@ object (except on servers without lifespan `state` support, see
 """
 
 import logging
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -87,6 +87,21 @@ def check_lifespan_dependant(dependant: Dependant) -> None:
     """
     _State.declared = True
     _check_needs(dependant, chain=[_call_name(dependant.call)])
+
+
+def check_router_dependencies(
+    dependencies: Sequence[params.Depends], *, path: str
+) -> None:
+    """
+    Check the lifespan-scoped entries of a router's (or an inclusion's)
+    `dependencies=` when it is declared, before it has any route.
+    """
+    # Imported here: fastapi.dependencies.utils imports this module.
+    from fastapi.dependencies.utils import get_parameterless_sub_dependant
+
+    for depends in dependencies:
+        if depends.scope == "lifespan":
+            get_parameterless_sub_dependant(depends=depends, path=path)
 
 
 def _check_needs(node: Dependant, *, chain: list[str]) -> None:

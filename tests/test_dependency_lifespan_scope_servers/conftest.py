@@ -1,0 +1,194 @@
+"""
+Real servers for the lifespan-scope tests: each test starts server processes on
+127.0.0.1, in their own process group, and leaves nothing running.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+APP = "tests.test_dependency_lifespan_scope_servers.app:app"
+ROOT = Path(__file__).parents[2]
+# Generous bounds for a loaded 2-core machine; a passing run takes far less.
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 20.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "servers: starts real server processes or runs long load and soak loops "
+        "(run them alone with -m servers, skip them with -m 'not servers')",
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_command(server: str, port: int) -> list[str]:
+    python = [sys.executable, "-m"]
+    if server == "uvicorn":
+        return [*python, "uvicorn", APP, "--host", "127.0.0.1", "--port", str(port)]
+    if server == "hypercorn":
+        return [*python, "hypercorn", APP, "--bind", f"127.0.0.1:{port}"]
+    if server == "granian":
+        return [
+            *python,
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            APP,
+        ]
+    assert server == "gunicorn"
+    return [
+        *python,
+        "gunicorn",
+        "--worker-class",
+        "uvicorn_worker.UvicornWorker",
+        "--bind",
+        f"127.0.0.1:{port}",
+        APP,
+    ]
+
+
+class Server:
+    def __init__(
+        self, command: list[str], port: int, directory: Path, env: dict[str, str]
+    ) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.events_file = directory / "events.txt"
+        self.events_file.touch()
+        self.log_file = directory / "server.log"
+        environment = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+            "LIFESPAN_TEST_EVENTS": str(self.events_file),
+            **env,
+        }
+        with self.log_file.open("w") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=directory,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_file.read_text()
+
+    def events(self) -> list[tuple[int, str]]:
+        lines = self.events_file.read_text().splitlines()
+        return [
+            (int(pid), event) for pid, event in (line.split(" ", 1) for line in lines)
+        ]
+
+    def event_names(self) -> list[str]:
+        return [event for _, event in self.events()]
+
+    def lifecycle(self) -> list[str]:
+        """The events of the app's lifespan and its dependencies, in order."""
+        return [
+            event for event in self.event_names() if not event.startswith("request ")
+        ]
+
+    def wait_for(
+        self,
+        condition: Callable[[], bool],
+        what: str,
+        timeout: float = START_TIMEOUT,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited while waiting for {what}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}:\n{self.log()}")
+            time.sleep(0.05)
+
+    def wait_for_event(self, event: str, count: int = 1) -> None:
+        self.wait_for(
+            lambda: self.event_names().count(event) >= count,
+            f"{count} x {event!r}",
+        )
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        self.wait_for(ready, "the server to answer")
+
+    def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
+        try:
+            returncode = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"server still running after {timeout} s:\n{self.log()}")
+        # Nothing of the server (workers included) may outlive it.
+        self.wait_for_group_exit()
+        return returncode
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        self.process.send_signal(signum)
+        return self.wait_exit(timeout)
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait_for_group_exit(self) -> None:
+        deadline = time.monotonic() + 5
+        while self.group_alive():
+            if time.monotonic() > deadline:
+                pytest.fail(f"server processes left running:\n{self.log()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.group_alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(STOP_TIMEOUT)
+
+
+Serve = Callable[..., Server]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    servers: list[Server] = []
+
+    def start(server: str, *args: str, **env: str) -> Server:
+        port = free_port()
+        directory = tmp_path / f"server{len(servers)}"
+        directory.mkdir()
+        started = Server([*server_command(server, port), *args], port, directory, env)
+        servers.append(started)
+        return started
+
+    yield start
+    for started in servers:
+        started.kill()

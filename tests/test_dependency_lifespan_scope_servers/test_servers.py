@@ -1,0 +1,120 @@
+import signal
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from .conftest import Serve, Server
+
+pytestmark = [pytest.mark.servers, pytest.mark.timeout(60)]
+
+FULL_RUN = [
+    "app startup",
+    "pool setup",
+    "settings setup in AnyIO worker thread",
+    "cache setup started",
+    "cache setup",
+    "cache teardown started",
+    "cache teardown",
+    "settings teardown",
+    "pool teardown",
+    "app shutdown",
+]
+
+
+def ws_url(server: Server) -> str:
+    return f"ws://127.0.0.1:{server.port}/ws"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+@pytest.mark.parametrize("server_name", ["uvicorn", "hypercorn", "granian"])
+def test_one_instance_per_run_torn_down_once_on_stop(
+    serve: Serve, server_name: str, signum: int
+):
+    server = serve(server_name)
+    server.wait_ready()
+    from_async = httpx.get(f"{server.url}/async", timeout=5).json()
+    from_sync = httpx.get(f"{server.url}/sync", timeout=5).json()
+    with connect(ws_url(server), open_timeout=5, close_timeout=5) as websocket:
+        websocket.send("hello")
+        from_websocket = httpx.Response(200, content=websocket.recv(timeout=5)).json()
+    assert from_websocket["message"] == "hello"
+    for name in ("pool", "settings", "cache"):
+        assert from_async[name] == from_sync[name]
+        assert from_async[name]["closed"] is False
+    for name in ("pool", "cache"):
+        assert from_websocket[name] == from_async[name]
+
+    returncode = server.stop(signum)
+
+    # uvicorn raises the signal again after its graceful shutdown, so that its
+    # exit status tells how it was stopped.
+    assert returncode in (0, -signum), server.log()
+    assert server.lifecycle() == FULL_RUN
+    # The WebSocket endpoint ended (the client closed it) before any teardown.
+    events = server.event_names()
+    assert events.index("request ws ended") < events.index("cache teardown started")
+    # All in the one worker process that served the requests.
+    assert {pid for pid, _ in server.events()} == {from_async["pool"]["pid"]}
+
+
+@pytest.mark.parametrize("server_name", ["uvicorn", "gunicorn"])
+def test_one_instance_per_worker_process(serve: Serve, server_name: str):
+    if server_name == "uvicorn":
+        server = serve(server_name, "--workers", "2")
+    else:
+        # --preload imports the app (and declares its dependencies) in the
+        # parent process before it forks the workers.
+        server = serve(server_name, "--workers", "2", "--preload")
+    server.wait_for_event("cache setup", count=2)
+    server.wait_ready()
+    seen: dict[int, set[int]] = {}
+    for _ in range(40):
+        answer = httpx.get(f"{server.url}/async", timeout=5).json()
+        assert answer["pool"]["closed"] is False
+        seen.setdefault(answer["pool"]["pid"], set()).add(answer["pool"]["id"])
+    # Every worker that answered always gave its own single instance.
+    assert all(len(ids) == 1 for ids in seen.values())
+
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM), server.log()
+
+    events = server.events()
+    by_process: dict[int, list[str]] = {}
+    for pid, event in events:
+        by_process.setdefault(pid, []).append(event)
+    # Two workers, each with one full run; nothing set up in the parent.
+    assert server.process.pid not in by_process
+    assert len(by_process) == 2
+    assert set(seen) <= set(by_process)
+    for worker_events in by_process.values():
+        assert worker_events == FULL_RUN
+
+
+@pytest.mark.parametrize(
+    ("server_name", "lifespan_off"),
+    [("uvicorn", ["--lifespan", "off"]), ("granian", ["--interface", "asginl"])],
+)
+def test_server_without_lifespan_gives_the_clear_error(
+    serve: Serve, server_name: str, lifespan_off: list[str]
+):
+    server = serve(server_name, *lifespan_off)
+    server.wait_ready()
+    for _ in range(3):
+        response = httpx.get(f"{server.url}/async", timeout=5)
+        assert response.status_code == 500
+        # The worker is still serving.
+        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    with pytest.raises(InvalidStatus):
+        with connect(ws_url(server), open_timeout=5):
+            pass  # pragma: no cover
+
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM), server.log()
+
+    # Three HTTP requests and one WebSocket, each logged with the clear error.
+    message = (
+        'FastAPIError: The lifespan-scoped dependency "get_pool" is not available: '
+        "the application's lifespan did not run"
+    )
+    assert server.log().count(message) == 4, server.log()
+    assert server.event_names() == []
