@@ -1,3 +1,4 @@
+import json
 import signal
 
 import httpx
@@ -38,7 +39,7 @@ def test_one_instance_per_run_torn_down_once_on_stop(
     from_sync = httpx.get(f"{server.url}/sync", timeout=5).json()
     with connect(ws_url(server), open_timeout=5, close_timeout=5) as websocket:
         websocket.send("hello")
-        from_websocket = httpx.Response(200, content=websocket.recv(timeout=5)).json()
+        from_websocket = json.loads(websocket.recv(timeout=5))
     assert from_websocket["message"] == "hello"
     for name in ("pool", "settings", "cache"):
         assert from_async[name] == from_sync[name]
