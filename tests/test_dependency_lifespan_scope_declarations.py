@@ -174,29 +174,41 @@ def security_default(token: str = Security(oauth2_scheme)) -> None:
 
 NEEDS: list[tuple[Callable[..., Any], str, str]] = [
     # (the dependency at the end of the chain, its parameter, the message's words)
-    (path_annotated, "item_id", 'the path parameter "item_id"'),
-    (path_default, "item_id", 'the path parameter "item_id"'),
-    (path_implicit, "item_id", 'the path parameter "item_id"'),
-    (query_annotated, "q", 'the query parameter "q"'),
-    (query_default, "q", 'the query parameter "q"'),
-    (query_implicit, "q", 'the query parameter "q"'),
-    (header_annotated, "x_token", 'the header parameter "x_token"'),
-    (header_default, "x_token", 'the header parameter "x_token"'),
-    (cookie_annotated, "session", 'the cookie parameter "session"'),
-    (cookie_default, "session", 'the cookie parameter "session"'),
-    (body_annotated, "item", 'the body parameter "item"'),
-    (body_default, "item", 'the body parameter "item"'),
-    (body_implicit, "item", 'the body parameter "item"'),
-    (form_annotated, "name", 'the form parameter "name"'),
-    (form_default, "name", 'the form parameter "name"'),
-    (file_annotated, "upload", 'the file parameter "upload"'),
-    (file_default, "upload", 'the file parameter "upload"'),
-    (needs_request, "request", 'the parameter "request" (the Request)'),
-    (needs_websocket, "websocket", 'the parameter "websocket" (the WebSocket)'),
-    (needs_connection, "connection", 'the parameter "connection" (the HTTPConnection)'),
-    (needs_response, "response", 'the parameter "response" (the Response)'),
-    (needs_background_tasks, "tasks", 'the parameter "tasks" (the BackgroundTasks)'),
-    (needs_security_scopes, "scopes", 'the parameter "scopes" (the SecurityScopes)'),
+    (path_annotated, "item_id", 'needs the path parameter "item_id"'),
+    (path_default, "item_id", 'needs the path parameter "item_id"'),
+    (path_implicit, "item_id", 'needs the path parameter "item_id"'),
+    (query_annotated, "q", 'needs the query parameter "q"'),
+    (query_default, "q", 'needs the query parameter "q"'),
+    (query_implicit, "q", 'needs the query parameter "q"'),
+    (header_annotated, "x_token", 'needs the header parameter "x_token"'),
+    (header_default, "x_token", 'needs the header parameter "x_token"'),
+    (cookie_annotated, "session", 'needs the cookie parameter "session"'),
+    (cookie_default, "session", 'needs the cookie parameter "session"'),
+    (body_annotated, "item", 'needs the body parameter "item"'),
+    (body_default, "item", 'needs the body parameter "item"'),
+    (body_implicit, "item", 'needs the body parameter "item"'),
+    (form_annotated, "name", 'needs the form parameter "name"'),
+    (form_default, "name", 'needs the form parameter "name"'),
+    (file_annotated, "upload", 'needs the file parameter "upload"'),
+    (file_default, "upload", 'needs the file parameter "upload"'),
+    (needs_request, "request", 'needs the parameter "request" (the Request)'),
+    (needs_websocket, "websocket", 'needs the parameter "websocket" (the WebSocket)'),
+    (
+        needs_connection,
+        "connection",
+        'needs the parameter "connection" (the HTTPConnection)',
+    ),
+    (needs_response, "response", 'needs the parameter "response" (the Response)'),
+    (
+        needs_background_tasks,
+        "tasks",
+        'needs the parameter "tasks" (the BackgroundTasks)',
+    ),
+    (
+        needs_security_scopes,
+        "scopes",
+        'needs the parameter "scopes" (the SecurityScopes)',
+    ),
     (
         request_scope_annotated,
         "value",
@@ -218,8 +230,8 @@ NEEDS: list[tuple[Callable[..., Any], str, str]] = [
         'depends on "request_scoped" with scope "function"',
     ),
     # A security scheme reads the request (or the WebSocket) it is called for.
-    (security_annotated, "token", 'the parameter "request" (the HTTPConnection)'),
-    (security_default, "token", 'the parameter "request" (the HTTPConnection)'),
+    (security_annotated, "token", 'needs the parameter "request" (the HTTPConnection)'),
+    (security_default, "token", 'needs the parameter "request" (the HTTPConnection)'),
 ]
 
 
@@ -307,7 +319,7 @@ def test_forbidden_declaration_raises_at_definition(
     dependency = chain_to(need, depth, style)
     if place == "FastAPI dependencies" and need is path_implicit:
         # The app has no path of its own: a plain parameter is a query one there.
-        words = 'the query parameter "item_id"'
+        words = 'needs the query parameter "item_id"'
 
     with pytest.raises(DependencyScopeError) as exc:
         declare(place, dependency, style)

@@ -21,6 +21,20 @@ ROOT = Path(__file__).parents[2]
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
 
+# The events of one run of app.py without faults, in order.
+FULL_RUN = [
+    "app startup",
+    "pool setup",
+    "settings setup in AnyIO worker thread",
+    "cache setup started",
+    "cache setup",
+    "cache teardown started",
+    "cache teardown",
+    "settings teardown",
+    "pool teardown",
+    "app shutdown",
+]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(

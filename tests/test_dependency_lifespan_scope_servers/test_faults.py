@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Serve
-from .test_servers import FULL_RUN
+from .conftest import FULL_RUN, Serve
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(60)]
 

@@ -7,8 +7,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from .conftest import Serve, Server
-from .test_servers import FULL_RUN
+from .conftest import FULL_RUN, Serve, Server
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(120)]
 

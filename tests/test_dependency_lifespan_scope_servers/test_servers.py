@@ -6,22 +6,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from .conftest import Serve, Server
+from .conftest import FULL_RUN, Serve, Server
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(60)]
-
-FULL_RUN = [
-    "app startup",
-    "pool setup",
-    "settings setup in AnyIO worker thread",
-    "cache setup started",
-    "cache setup",
-    "cache teardown started",
-    "cache teardown",
-    "settings teardown",
-    "pool teardown",
-    "app shutdown",
-]
 
 
 def ws_url(server: Server) -> str:

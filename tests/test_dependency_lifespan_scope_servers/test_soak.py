@@ -16,8 +16,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from . import app as app_module
-from .conftest import free_port
-from .test_servers import FULL_RUN
+from .conftest import FULL_RUN, free_port
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(180)]
 
