@@ -198,9 +198,29 @@ def test_app_router_and_decorator_dependencies():
     assert events == ["app", "router", "decorator"]
 
 
-def test_invalid_scope_is_rejected_with_the_accepted_values():
-    with pytest.raises(ValueError, match="'function', 'request', 'lifespan'"):
-        Depends(Pool, scope="session")  # type: ignore[arg-type]
+def test_unknown_scope_warns_with_the_accepted_values_and_runs_as_upstream():
+    events: list[str] = []
+
+    def per_request():
+        events.append("up")
+        yield "value"
+        events.append("down")
+
+    with pytest.warns(UserWarning, match="'function', 'request', 'lifespan'") as warned:
+        # A typo: upstream accepts it and runs the dependency for each request.
+        depends = Depends(per_request, scope="Request")  # type: ignore[arg-type]
+    assert "Unknown dependency scope 'Request'" in str(warned[0].message)
+    assert warned[0].filename == __file__
+    app = FastAPI()
+
+    @app.get("/")
+    def read(value: Annotated[str, depends]) -> str:
+        return value
+
+    with TestClient(app) as client:
+        assert client.get("/").json() == "value"
+        assert client.get("/").json() == "value"
+    assert events == ["up", "down", "up", "down"]
 
 
 def test_max_concurrency_is_rejected_with_lifespan_scope():

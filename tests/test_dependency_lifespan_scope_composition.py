@@ -53,7 +53,9 @@ def test_sync_generator_lifespan():
     with TestClient(app) as client:
         assert client.get("/").json() == {"resource": "resource", "config": None}
         # The app's own lifespan yielded no state: only the private key is added.
-        assert list(client.app_state) == ["fastapi_lifespan_dependencies"]
+        assert list(client.app_state) == [("fastapi_lifespan_dependencies", id(app))]
+    # Removed at shutdown: nothing of the run is kept.
+    assert client.app_state == {}
     assert events == ["app startup", "resource up", "resource down", "app shutdown"]
 
 

@@ -107,7 +107,11 @@ def test_replacement_needing_request_data_fails_startup():
         return value  # pragma: no cover
 
     app.dependency_overrides[get_real] = get_fake
-    with pytest.raises(DependencyScopeError, match='"get_fake" has scope "lifespan"'):
+    with pytest.raises(
+        DependencyScopeError,
+        match=r'"get_fake \(overriding get_real\)" has scope "lifespan".* needs the '
+        r'query parameter "q".* Override it with a dependency that needs nothing',
+    ):
         with TestClient(app):
             pass  # pragma: no cover
 
@@ -281,10 +285,17 @@ def test_server_without_lifespan_state_support():
 
 
 def test_second_run_without_state_support_fails_at_startup():
+    bound: list[str] = []
+
+    def bind_port():
+        # Stands for a dependency that can't be set up twice (a port, a lock).
+        bound.append("bound")
+        yield "value"
+
     app = FastAPI()
 
     @app.get("/")
-    def read(value: Annotated[str, Depends(lambda: "value", scope="lifespan")]) -> str:
+    def read(value: Annotated[str, Depends(bind_port, scope="lifespan")]) -> str:
         return value
 
     first: list[Any] = []
@@ -303,6 +314,8 @@ def test_second_run_without_state_support_fails_at_startup():
     assert first[0] == {"type": "lifespan.startup.complete"}
     assert second[0]["type"] == "lifespan.startup.failed"
     assert "another lifespan run of this app is still active" in str(second[1])
+    # It failed before setting anything up.
+    assert bound == ["bound"]
 
 
 def test_mounted_app_does_not_get_parent_values():
@@ -433,3 +446,41 @@ def test_cancelled_startup_tears_down_what_was_set_up():
 
     anyio.run(serve_and_stop)
     assert events == ["first up", "slow started", "first down"]
+
+
+def test_generator_that_does_not_yield_is_named():
+    def no_yield():
+        if False:
+            yield  # pragma: no cover
+
+    app = FastAPI()
+
+    @app.get("/")
+    def read(value: Annotated[None, Depends(no_yield, scope="lifespan")]) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(RuntimeError) as exc:
+        with TestClient(app):
+            pass  # pragma: no cover
+    assert str(exc.value) == (
+        'generator didn\'t yield: the lifespan-scoped dependency "no_yield"'
+    )
+
+
+def test_generator_that_does_not_stop_is_named():
+    async def yields_twice():
+        yield "first"
+        yield "second"
+
+    app = FastAPI()
+
+    @app.get("/")
+    def read(value: Annotated[str, Depends(yields_twice, scope="lifespan")]) -> str:
+        return value
+
+    with pytest.raises(RuntimeError) as exc:
+        with TestClient(app) as client:
+            assert client.get("/").json() == "first"
+    assert str(exc.value) == (
+        'generator didn\'t stop: the lifespan-scoped dependency "yields_twice"'
+    )

@@ -1,19 +1,26 @@
 """Property-based tests of lifespan dependencies over random dependency graphs."""
 
+import asyncio
 import inspect
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from itertools import count
 from typing import Annotated, Any
 
+import anyio
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import DependencyScopeError
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 SCOPES = {"lifespan": "lifespan", "request": "request", "unscoped": None}
+# How a lifespan dependency's teardown ends. "hang" awaits far longer than the
+# deadline of the cancel scope the shutdown then runs in (a server's timeout).
+TEARDOWNS = ["ok"] * 10 + ["error", "keyboard", "exit", "cancel", "hang"]
+HANG_SECONDS = 30
+DEADLINE_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,19 @@ class Node:
     deps: tuple[int, ...]
     # Failures are injected in lifespan dependencies only.
     fail_setup: bool
-    fail_teardown: bool
+    teardown: str
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: list[Node]
+    top: list[int]
+    # Where the path operation is: on the app, in an included router, or in a
+    # router mounted with app.mount().
+    placement: str
+    # A node replaced in app.dependency_overrides, and whether its replacement
+    # needs request data (an optional query parameter).
+    override: tuple[int, bool] | None
 
 
 @dataclass(frozen=True)
@@ -32,6 +51,7 @@ class Instance:
     serial: int
     node: int
     subs: tuple[int, ...]
+    replacement: bool = False
 
 
 class SetupError(Exception):
@@ -42,8 +62,16 @@ class TeardownError(Exception):
     pass
 
 
+TEARDOWN_ERRORS: dict[str, type[BaseException]] = {
+    "error": TeardownError,
+    "keyboard": KeyboardInterrupt,
+    "exit": SystemExit,
+    "cancel": asyncio.CancelledError,
+}
+
+
 @st.composite
-def graphs(draw: Any) -> tuple[list[Node], list[int]]:
+def graphs(draw: Any) -> Graph:
     size = draw(st.integers(1, 6))
     nodes = []
     for index in range(size):
@@ -53,22 +81,33 @@ def graphs(draw: Any) -> tuple[list[Node], list[int]]:
             if index
             else []
         )
-        rare = st.sampled_from([False] * 6 + [True])
+        is_async = draw(st.booleans())
+        teardown = "ok"
+        if kind == "lifespan":
+            teardown = draw(st.sampled_from(TEARDOWNS))
+            if teardown == "hang" and not is_async:
+                teardown = "ok"  # A thread can't be interrupted.
         nodes.append(
             Node(
                 kind=kind,
                 use_cache=draw(st.booleans()),
-                is_async=draw(st.booleans()),
+                is_async=is_async,
                 deps=tuple(deps),
-                fail_setup=kind == "lifespan" and draw(rare),
-                fail_teardown=kind == "lifespan" and draw(rare),
+                fail_setup=kind == "lifespan"
+                and draw(st.sampled_from([False] * 6 + [True])),
+                teardown=teardown,
             )
         )
     top = draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=3))
-    return nodes, top
+    override = draw(
+        st.none() | st.tuples(st.integers(0, size - 1), st.booleans()),
+    )
+    placement = draw(st.sampled_from(["app", "included", "mounted"]))
+    return Graph(nodes=nodes, top=top, placement=placement, override=override)
 
 
-def build(nodes: list[Node], log: list[tuple[str, Any]]) -> list[Any]:
+def build(graph: Graph, log: list[tuple[str, Any]]) -> tuple[list[Any], dict[Any, Any]]:
+    nodes = graph.nodes
     serials = count()
     functions: list[Any] = []
 
@@ -92,13 +131,16 @@ def build(nodes: list[Node], log: list[tuple[str, Any]]) -> list[Any]:
 
         def tear_down(instance: Instance) -> None:
             log.append(("down", instance))
-            if node.fail_teardown:
-                raise TeardownError(index)
+            if node.teardown in TEARDOWN_ERRORS:
+                raise TEARDOWN_ERRORS[node.teardown](index)
 
         async def async_dependency(**kwargs: Instance) -> AsyncIterator[Instance]:
             instance = set_up(kwargs)
             yield instance
             tear_down(instance)
+            if node.teardown == "hang":
+                await anyio.sleep(HANG_SECONDS)
+                log.append(("hang finished", instance))  # pragma: no cover
 
         def sync_dependency(**kwargs: Instance) -> Iterator[Instance]:
             instance = set_up(kwargs)
@@ -121,17 +163,32 @@ def build(nodes: list[Node], log: list[tuple[str, Any]]) -> list[Any]:
 
     for index in range(len(nodes)):
         functions.append(make_dependency(index))
-    return [depends(index) for index in range(len(nodes))]
+
+    overrides: dict[Any, Any] = {}
+    if graph.override is not None:
+        index, needs_request = graph.override
+
+        def replacement(q: str | None = None) -> Instance:
+            instance = Instance(next(serials), index, (), replacement=True)
+            log.append(("up", instance))
+            return instance
+
+        if not needs_request:
+            replacement.__signature__ = inspect.Signature([])  # type: ignore[attr-defined]
+        overrides[functions[index]] = replacement
+    return [depends(index) for index in range(len(nodes))], overrides
 
 
-def reachable(nodes: list[Node], top: list[int]) -> set[int]:
+def reachable(nodes: list[Node], top: list[int], override: int | None) -> set[int]:
+    """The nodes a request or the startup may run (not below a replaced node)."""
     seen: set[int] = set()
     pending = list(top)
     while pending:
         index = pending.pop()
         if index not in seen:
             seen.add(index)
-            pending.extend(nodes[index].deps)
+            if index != override:
+                pending.extend(nodes[index].deps)
     return seen
 
 
@@ -142,17 +199,102 @@ def needs_request(nodes: list[Node], index: int) -> bool:
     )
 
 
+def under_lifespan(nodes: list[Node], top: list[int], target: int) -> bool:
+    """Whether `target` runs at startup: a lifespan node, or below one."""
+
+    def below(index: int, in_lifespan: bool) -> bool:
+        in_lifespan = in_lifespan or nodes[index].kind == "lifespan"
+        if index == target:
+            return in_lifespan
+        return any(below(dep, in_lifespan) for dep in nodes[index].deps)
+
+    return any(below(index, False) for index in top)
+
+
+async def serve(
+    app: FastAPI, path: str, requests: int, log: list[Any]
+) -> tuple[int, list[Any], BaseException | None]:
+    """
+    Run the app's lifespan as a server would, send `requests` requests to `path`,
+    then shut down inside a cancel scope with a deadline (a server's shutdown
+    timeout). Return how many events the startup logged, the JSON answers and
+    the error the lifespan raised.
+    """
+    state: dict[str, Any] = {}
+    answers: list[Any] = []
+    error: BaseException | None = None
+    to_app, from_server = anyio.create_memory_object_stream[Any](10)
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def run_lifespan() -> None:
+        nonlocal error
+        try:
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                await app({"type": "lifespan", "state": state}, from_server.receive, send)
+        except BaseException as exc:
+            error = exc
+
+    async def get() -> Any:
+        body = bytearray()
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send_response(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                body.extend(message["body"])
+
+        await app(
+            {
+                "type": "http",
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": path,
+                "raw_path": b"/",
+                "root_path": "",
+                "query_string": b"",
+                "headers": [],
+                "server": ("testserver", 80),
+                "client": ("testclient", 50000),
+                "state": dict(state),
+            },
+            receive,
+            send_response,
+        )
+        return json.loads(body)
+
+    scopes: list[anyio.CancelScope] = []
+    async with to_app, from_server, anyio.create_task_group() as tg:
+        tg.start_soon(run_lifespan)
+        await to_app.send({"type": "lifespan.startup"})
+        while not sent and error is None:
+            await anyio.sleep(0.001)
+        startup_length = len(log)
+        if sent and sent[0]["type"] == "lifespan.startup.complete":
+            for _ in range(requests):
+                answers.append(await get())
+            scopes[0].deadline = anyio.current_time() + DEADLINE_SECONDS
+            await to_app.send({"type": "lifespan.shutdown"})
+    return startup_length, answers, error
+
+
 @settings(
-    max_examples=60,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(graphs())
-def test_random_dependency_graphs(graph: tuple[list[Node], list[int]]):
-    nodes, top = graph
+def test_random_dependency_graphs(graph: Graph):
+    nodes, top = graph.nodes, graph.top
     log: list[tuple[str, Any]] = []
-    declarations = build(nodes, log)
+    declarations, overrides = build(graph, log)
     app = FastAPI()
+    app.dependency_overrides = overrides
 
     def endpoint(**kwargs: Instance) -> list[int]:
         return [kwargs[f"p{position}"].serial for position in range(len(top))]
@@ -167,89 +309,104 @@ def test_random_dependency_graphs(graph: tuple[list[Node], list[int]]):
             for position, index in enumerate(top)
         ]
     )
+    router = APIRouter()
     invalid = any(
         nodes[index].kind == "lifespan" and needs_request(nodes, index)
-        for index in reachable(nodes, top)
+        for index in reachable(nodes, top, None)
     )
     if invalid:
         with pytest.raises(DependencyScopeError):
-            app.get("/")(endpoint)
+            router.get("/")(endpoint)
         return
-    app.get("/")(endpoint)
+    router.get("/")(endpoint)
+    if graph.placement == "app":
+        app.include_router(router)
+    elif graph.placement == "included":
+        outer = APIRouter()
+        outer.include_router(router)
+        app.include_router(outer)
+    else:
+        app.mount("/api", router)
 
-    error: BaseException | None = None
-    responses: list[list[int]] = []
-    startup: list[tuple[str, Any]] = []
-    try:
-        with TestClient(app) as client:
-            startup = list(log)
-            responses = [client.get("/").json(), client.get("/").json()]
-    except (SetupError, TeardownError) as exc:
-        error = exc
-    if isinstance(error, SetupError):
-        # Startup failed: it is everything up to the failing set-up.
-        failed_at = log.index(("fail", error.args[0]))
-        startup = log[: failed_at + 1]
+    overridden = graph.override[0] if graph.override else None
+    path = "/api/" if graph.placement == "mounted" else "/"
+    startup_length, answers, error = asyncio.run(serve(app, path, 2, log))
 
+    # A replacement that needs request data where a lifespan value is needed
+    # fails the startup before anything is set up.
+    if (
+        graph.override is not None
+        and graph.override[1]
+        and under_lifespan(nodes, top, graph.override[0])
+    ):
+        assert isinstance(error, DependencyScopeError)
+        assert "(overriding node" in str(error)
+        assert log == []
+        return
+
+    startup = log[:startup_length]
     started = [event[1] for event in startup if event[0] == "up"]
-    # Only lifespan dependencies and their unscoped sub-dependencies start up.
-    assert all(nodes[instance.node].kind != "request" for instance in started)
-    # Dependencies are set up before their dependants.
     serial_order = [instance.serial for instance in started]
+    # Only lifespan dependencies and their unscoped sub-dependencies start up,
+    # and only what is reachable once overrides are followed.
+    live = reachable(nodes, top, overridden)
+    for instance in started:
+        assert nodes[instance.node].kind != "request" or instance.replacement
+        assert instance.node in live
+        assert instance.replacement or instance.node != overridden
+    # Dependencies are set up before their dependants.
     for instance in started:
         for sub in instance.subs:
             assert serial_order.index(sub) < serial_order.index(instance.serial)
     # A dependency shared with use_cache=True is set up once per run.
     for index, node in enumerate(nodes):
-        if node.use_cache:
+        if node.use_cache and index != overridden:
             assert sum(instance.node == index for instance in started) <= 1
-    # Every instance set up at startup is torn down exactly once, in exactly the
-    # reverse order of set-up, after every request of the run.
+    # Every lifespan instance set up at startup is torn down exactly once, in
+    # exactly the reverse order of set-up, after every request of the run, even
+    # when teardowns raise BaseExceptions or hang past the deadline.
     startup_serials = set(serial_order)
     downs = [
         event[1].serial
         for event in log
         if event[0] == "down" and event[1].serial in startup_serials
     ]
-    assert downs == serial_order[::-1]
-    during_requests = log[len(startup) :]
-    last_request_event = max(
+    generators = [instance.serial for instance in started if not instance.replacement]
+    assert downs == generators[::-1]
+    assert not [event for event in log if event[0] == "hang finished"]
+    first_down = next(
         (
             i
-            for i, e in enumerate(during_requests)
-            if e[1].serial not in startup_serials
+            for i, event in enumerate(log)
+            if event[0] == "down" and event[1].serial in startup_serials
         ),
-        default=-1,
+        len(log),
     )
-    first_down = next(
-        (i for i, e in enumerate(during_requests) if e[1].serial in startup_serials),
-        len(during_requests),
-    )
-    assert last_request_event < first_down
+    request_ups = [
+        i
+        for i, event in enumerate(log)
+        if event[0] == "up" and event[1].serial not in startup_serials
+    ]
+    assert all(i < first_down for i in request_ups)
     # No lifespan dependency is set up during a request; requests share values.
-    for event in during_requests:
-        if event[0] == "up":
-            assert nodes[event[1].node].kind != "lifespan"
-    if responses:
-        assert responses[0][0] == responses[1][0] or nodes[top[0]].kind != "lifespan"
+    for i in request_ups:
+        assert nodes[log[i][1].node].kind != "lifespan" or log[i][1].replacement
+    if len(answers) == 2 and nodes[top[0]].kind == "lifespan":
+        assert answers[0][0] == answers[1][0]
     # The error that surfaces is the right one.
     failed_setups = [event[1] for event in log if event[0] == "fail"]
     if failed_setups:
         assert isinstance(error, SetupError) and error.args == (failed_setups[0],)
-        assert not responses
+        assert not answers
+        return
+    assert len(answers) == 2
+    failing = [
+        nodes[instance.node].teardown
+        for instance in reversed(started)
+        if not instance.replacement and nodes[instance.node].teardown != "ok"
+    ]
+    if not failing or failing[0] == "hang":
+        # The deadline's cancellation ends in its own cancel scope.
+        assert error is None
     else:
-        failing_teardowns = [
-            nodes[started[position].node]
-            for position in range(len(started) - 1, -1, -1)
-            if nodes[started[position].node].fail_teardown
-        ]
-        if failing_teardowns:
-            expected_node = next(
-                started[position].node
-                for position in range(len(started) - 1, -1, -1)
-                if nodes[started[position].node].fail_teardown
-            )
-            assert isinstance(error, TeardownError)
-            assert error.args == (expected_node,)
-        else:
-            assert error is None
+        assert isinstance(error, TEARDOWN_ERRORS[failing[0]])

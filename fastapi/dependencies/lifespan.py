@@ -6,36 +6,42 @@ startup code), the same value is injected everywhere they are declared for the
 whole run, and they are torn down when the lifespan shuts down (before the app's
 own shutdown code).
 
-Each run's values travel in the ASGI lifespan `state`, which the server copies into
-every request of that run, under one private key; nothing is kept on the app
-object (except on servers without lifespan `state` support, see
-`_FALLBACK_ATTRIBUTE`).
+`lifespan_dependencies_app()` wraps the ASGI lifespan of a `FastAPI` app: it sets
+the dependencies up when the app reports `lifespan.startup.complete` and tears them
+down when the server asks for `lifespan.shutdown`. Each run's values travel in the
+ASGI lifespan `state`, which the server copies into every request of that run,
+under one private key per app; nothing is kept on the app object (except on
+servers without lifespan `state` support, see `_FALLBACK_ATTRIBUTE`).
 """
 
-import logging
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
-from types import TracebackType
-from typing import Any, cast
+import traceback
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import params
-from fastapi.dependencies.models import Dependant, _get_cache_key, _impartial
+from fastapi.concurrency import contextmanager_in_threadpool, run_in_threadpool
+from fastapi.dependencies.models import (
+    Dependant,
+    _impartial,
+    _is_async_gen_callable,
+    _is_coroutine_callable,
+    _is_gen_callable,
+)
 from fastapi.exceptions import DependencyScopeError, FastAPIError
-from starlette.requests import HTTPConnection, Request
+from fastapi.logger import logger
+from starlette.requests import HTTPConnection
 from starlette.routing import Router
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-logger = logging.getLogger("fastapi")
-
-# The private key in the lifespan state (and so in `request.state`): a mapping from
-# each application to the values of its lifespan dependencies for this run.
+# The first item of each app's private key in the lifespan state (and so in
+# `request.state`); the second is the app's `id()`, so that the values of several
+# apps survive a plain dict merge of their states.
 LIFESPAN_STATE_KEY = "fastapi_lifespan_dependencies"
 # Where the values of the single active run are kept on servers that don't support
 # lifespan state.
 _FALLBACK_ATTRIBUTE = "_fastapi_lifespan_dependencies"
-# Marks the scope of the startup pseudo-request that sets the dependencies up.
-_SETTING_UP_KEY = "fastapi_lifespan_setup"
 
 _REQUEST_ONLY_PARAMS = {
     "request_param_name": "the Request",
@@ -45,12 +51,6 @@ _REQUEST_ONLY_PARAMS = {
     "background_tasks_param_name": "the BackgroundTasks",
     "security_scopes_param_name": "the SecurityScopes",
 }
-
-
-class _State:
-    # Set once a lifespan-scoped dependency is declared anywhere: until then, the
-    # lifespan of every app is exactly upstream's, with no walk of its routes.
-    declared = False
 
 
 def _call_name(call: Callable[..., Any] | None) -> str:
@@ -67,13 +67,13 @@ def _request_only_params(dependant: Dependant) -> Iterator[str]:
         ("cookie", dependant.cookie_params),
         ("body", dependant.body_params),
     ):
-        for field in fields:
+        for field_ in fields:
             field_kind = kind
-            if isinstance(field.field_info, params.File):
+            if isinstance(field_.field_info, params.File):
                 field_kind = "file"
-            elif isinstance(field.field_info, params.Form):
+            elif isinstance(field_.field_info, params.Form):
                 field_kind = "form"
-            yield f'the {field_kind} parameter "{field.name}"'
+            yield f'the {field_kind} parameter "{field_.name}"'
     for attribute, description in _REQUEST_ONLY_PARAMS.items():
         param_name = getattr(dependant, attribute)
         if param_name is not None:
@@ -85,8 +85,7 @@ def check_lifespan_dependant(dependant: Dependant) -> None:
     Check, when it is declared, that a lifespan-scoped dependency needs nothing
     that exists only during a request, at any depth.
     """
-    _State.declared = True
-    _check_needs(dependant, chain=[_call_name(dependant.call)])
+    _check_needs(dependant, chain=[_call_name(dependant.call)], overrides={})
 
 
 def check_router_dependencies(
@@ -104,85 +103,84 @@ def check_router_dependencies(
             get_parameterless_sub_dependant(depends=depends, path=path)
 
 
-def _check_needs(node: Dependant, *, chain: list[str]) -> None:
-    # The chain starts at the lifespan dependency being checked.
-    name = chain[0]
+def _replacement(dependant: Dependant, overrides: dict[Any, Any]) -> Dependant:
+    """The dependant that runs in place of `dependant` with these overrides."""
+    replacement = overrides.get(dependant.call)
+    if replacement is None:
+        return dependant
+    # Imported here: fastapi.dependencies.utils imports this module.
+    from fastapi.dependencies.utils import get_dependant
+
+    # Built without a scope: it is checked at startup, naming the override.
+    return get_dependant(
+        path=dependant.path or "", call=replacement, name=dependant.name
+    )
+
+
+def _describe(dependant: Dependant, used: Dependant) -> str:
+    """The dependency's name, and which one it overrides if it is a replacement."""
+    name = _call_name(used.call)
+    if used is not dependant:
+        name += f" (overriding {_call_name(dependant.call)})"
+    return name
+
+
+def _check_needs(
+    node: Dependant,
+    *,
+    chain: list[str],
+    overrides: dict[Any, Any],
+    checked: set[int] | None = None,
+) -> None:
+    """
+    Raise `DependencyScopeError` if `node` needs request data at any depth,
+    following `overrides`. `checked` (at startup) remembers the lifespan
+    sub-dependencies already checked; without it (at declaration) they are
+    skipped, as they were checked when they were built.
+    """
     for needed in _request_only_params(node):
-        _raise_scope_error(name, f"needs {needed}", chain)
+        _raise_scope_error(f"needs {needed}", chain)
     for sub_dependant in node.dependencies:
+        used = _replacement(sub_dependant, overrides)
         # Below a dependency every sub-dependency is a named parameter.
-        sub_chain = [*chain, f"{sub_dependant.name}={_call_name(sub_dependant.call)}"]
+        sub_chain = [*chain, f"{sub_dependant.name}={_describe(sub_dependant, used)}"]
         if sub_dependant.scope in ("request", "function"):
             _raise_scope_error(
-                name,
                 f'depends on "{_call_name(sub_dependant.call)}" with scope '
                 f'"{sub_dependant.scope}"',
                 sub_chain,
             )
-        # A lifespan sub-dependency was checked when it was built (sub-dependants
-        # are built first): checking it again would make deep chains quadratic.
-        if sub_dependant.scope != "lifespan":
-            _check_needs(sub_dependant, chain=sub_chain)
+        if used is sub_dependant and sub_dependant.scope == "lifespan":
+            # Checking a lifespan sub-dependency again would make deep chains
+            # quadratic.
+            if checked is None or id(sub_dependant) in checked:
+                continue
+            checked.add(id(sub_dependant))
+        _check_needs(used, chain=sub_chain, overrides=overrides, checked=checked)
 
 
-def _raise_scope_error(name: str, problem: str, chain: list[str]) -> None:
+def _raise_scope_error(problem: str, chain: list[str]) -> None:
+    # The chain starts at the lifespan dependency being checked.
+    name = chain[0]
+    if " (overriding " in name:
+        fix = "Override it with a dependency that needs nothing from a request."
+    else:
+        fix = f'Remove that need, or declare "{name}" with scope "request".'
     raise DependencyScopeError(
         f'The dependency "{name}" has scope "lifespan": it is set up once when the '
         f"application starts, outside of any request, but it {problem} "
-        f"(through {' -> '.join(chain)}). Remove that need, or declare "
-        f'"{name}" with scope "request".'
+        f"(through {' -> '.join(chain)}). {fix}"
     )
-
-
-def _iter_lifespan_dependants(
-    dependant: Dependant, overrides: dict[Any, Any]
-) -> Iterator[tuple[Hashable, Dependant]]:
-    """
-    The lifespan dependencies declared in this tree, with their keys, following
-    dependency overrides.
-    """
-    # Imported here: fastapi.dependencies.utils imports this module.
-    from fastapi.dependencies.utils import get_dependant
-
-    for sub_dependant in dependant.dependencies:
-        if sub_dependant.scope == "lifespan":
-            yield lifespan_key(sub_dependant, parent=dependant), sub_dependant
-            continue
-        replacement = overrides.get(sub_dependant.call)
-        if replacement is not None:
-            sub_dependant = get_dependant(
-                path=sub_dependant.path or "",
-                call=replacement,
-                name=sub_dependant.name,
-                scope=sub_dependant.scope,
-            )
-        yield from _iter_lifespan_dependants(sub_dependant, overrides)
-
-
-def _iter_route_dependants(app: Any) -> Iterator[Dependant]:
-    """The dependants of the app's current routes, included routers' too."""
-    # Imported here: fastapi.routing imports this module.
-    from fastapi.routing import iter_route_contexts
-
-    routes = [
-        *iter_route_contexts(app.router.routes),
-        # Frontend route groups carry the app's and routers' `dependencies=`.
-        *app.router._iter_low_priority_routes(),
-    ]
-    for route in routes:
-        dependant = getattr(route, "dependant", None)
-        if isinstance(dependant, Dependant):
-            yield dependant
 
 
 def _uses_cache(dependant: Dependant) -> bool:
     # Upstream builds a `dependencies=` entry without its `use_cache`: read it
     # from the Depends() that declared it.
     depends = dependant.parameterless_depends
-    return dependant.use_cache if depends is None else bool(depends.use_cache)
+    return dependant.use_cache if depends is None else depends.use_cache
 
 
-def lifespan_key(dependant: Dependant, *, parent: Dependant) -> Hashable:
+def lifespan_key(dependant: Dependant, *, parent: Dependant | None) -> Hashable:
     """
     Which instance of a lifespan dependency a declaration gets.
 
@@ -195,162 +193,302 @@ def lifespan_key(dependant: Dependant, *, parent: Dependant) -> Hashable:
         return dependant.call
     if dependant.parameterless_depends is not None:
         return ("dependencies", id(dependant.parameterless_depends))
+    assert parent is not None
     return ("parameter", parent.call, dependant.name)
 
 
-class _TeardownStack(AsyncExitStack):
+def _iter_lifespan_dependants(
+    dependant: Dependant, overrides: dict[Any, Any]
+) -> Iterator[tuple[Hashable, Dependant]]:
     """
-    An exit stack whose every teardown sees a normal exit.
-
-    `AsyncExitStack` would throw the first teardown error into every later
-    generator at its `yield`, skipping their cleanup. Here each one is exited as
-    if nothing failed; errors are collected and the first one (in teardown order)
-    is raised (or the startup error that unwinds the stack is kept), with the
-    others attached as notes and logged.
+    The lifespan dependencies declared in this tree, with their keys, following
+    dependency overrides.
     """
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool:
-        errors: list[BaseException] = []
-        # Private, but stable since Python 3.7: (is_sync, callback) pairs, LIFO.
-        callbacks = self._exit_callbacks  # type: ignore[attr-defined]
-        while callbacks:
-            is_sync, callback = callbacks.pop()
-            try:
-                if is_sync:
-                    callback(None, None, None)
-                else:
-                    await callback(None, None, None)
-            except BaseException as teardown_error:
-                errors.append(teardown_error)
-        # A startup failure stays the error reported; otherwise the first teardown
-        # error is. Either way, none of the others is lost.
-        primary = exc if exc is not None else (errors[0] if errors else None)
-        for other in errors:
-            if other is not primary:
-                logger.error("Lifespan dependency teardown failed", exc_info=other)
-                assert primary is not None
-                primary.add_note(
-                    f"Another lifespan dependency teardown failed: {other!r}"
-                )
-        if exc is None and primary is not None:
-            raise primary
-        return False
+    for sub_dependant in dependant.dependencies:
+        if sub_dependant.scope == "lifespan":
+            yield lifespan_key(sub_dependant, parent=dependant), sub_dependant
+        else:
+            yield from _iter_lifespan_dependants(
+                _replacement(sub_dependant, overrides), overrides
+            )
 
 
-async def _set_up(app: Any, stack: AsyncExitStack) -> dict[Any, Any] | None:
-    # Imported here: fastapi.dependencies.utils imports this module.
-    from fastapi.dependencies.utils import solve_dependencies
+def _iter_router_dependants(
+    router: Router, seen: set[int]
+) -> Iterator[tuple[Dependant, bool]]:
+    """
+    The dependants declared in a router's tree: those of its routes (included
+    routers' and routers mounted with `mount()` too), and the entries of its and
+    its included routers' `dependencies=` lists, even without routes. Each comes
+    with whether it is such an entry.
+    """
+    # Imported here: fastapi.routing imports this module.
+    from fastapi.routing import APIRouter, iter_route_contexts
 
-    overrides = getattr(app, "dependency_overrides", {}) or {}
+    if id(router) in seen:
+        return
+    seen.add(id(router))
+    routes: list[Any] = list(iter_route_contexts(router.routes))
+    if isinstance(router, APIRouter):
+        # Frontend route groups carry the app's and routers' `dependencies=`.
+        routes.extend(router._iter_low_priority_routes())
+    mounted: list[Router] = []
+    for route in routes:
+        dependant = getattr(route, "dependant", None)
+        if isinstance(dependant, Dependant):
+            yield dependant, False
+        # A router mounted with `mount()` has no lifespan of its own: its routes
+        # belong to this app's run.
+        sub_app = getattr(getattr(route, "original_route", route), "app", None)
+        if isinstance(sub_app, Router):
+            mounted.append(sub_app)
+    for dependant in _iter_listed_dependants(router):
+        yield dependant, True
+    for sub_router in mounted:
+        yield from _iter_router_dependants(sub_router, seen)
+
+
+def _iter_listed_dependants(router: Router) -> Iterator[Dependant]:
+    """The entries of the `dependencies=` lists of a router and its inclusions."""
+    # Imported here: fastapi.routing imports this module.
+    from fastapi.dependencies.utils import get_parameterless_sub_dependant
+    from fastapi.routing import _IncludedRouter
+
+    path = getattr(router, "prefix", "")
+    for depends in getattr(router, "dependencies", []):
+        yield get_parameterless_sub_dependant(depends=depends, path=path)
+    for route in router.routes:
+        if isinstance(route, _IncludedRouter):
+            for depends in route.include_context.dependencies:
+                yield get_parameterless_sub_dependant(depends=depends, path=path)
+            yield from _iter_listed_dependants(route.original_router)
+
+
+def _declarations(app: Any, overrides: dict[Any, Any]) -> dict[Hashable, Dependant]:
+    """Every lifespan declaration of the app, in order, following overrides."""
     declarations: dict[Hashable, Dependant] = {}
-    for route_dependant in _iter_route_dependants(app):
-        for key, dependant in _iter_lifespan_dependants(route_dependant, overrides):
+    for dependant, is_entry in _iter_router_dependants(app.router, set()):
+        if is_entry and dependant.scope == "lifespan":
+            key = lifespan_key(dependant, parent=None)
             declarations.setdefault(key, dependant)
-    if not declarations:
-        return None
-    # The whole startup acts like one request: one cache, one exit stack.
-    request = Request(
-        {
-            "type": "http",
-            "app": app,
-            "headers": [],
-            "query_string": b"",
-            "path_params": {},
-            "fastapi_inner_astack": stack,
-            "fastapi_function_astack": stack,
-            _SETTING_UP_KEY: True,
-        }
-    )
-    dependency_cache: dict[Any, Any] = {}
-    values: dict[Hashable, Any] = {}
-    for key, dependant in declarations.items():
-        use_cache = _uses_cache(dependant)
-        cache_key = _get_cache_key(dependant=dependant)
-        shared_before = cache_key in dependency_cache
-        solved = await solve_dependencies(
-            request=request,
-            dependant=Dependant(
-                dependencies=[replace(dependant, name="value", use_cache=use_cache)]
-            ),
-            dependency_overrides_provider=app,
-            dependency_cache=dependency_cache,
-            async_exit_stack=stack,
-            embed_body_fields=False,
-        )
-        values[key] = solved.values["value"]
-        if not use_cache and not shared_before:
-            # A declaration's own instance is not the shared one.
-            dependency_cache.pop(cache_key)
-    return values
+            continue
+        if is_entry:
+            dependant = _replacement(dependant, overrides)
+        for key, lifespan_dependant in _iter_lifespan_dependants(dependant, overrides):
+            declarations.setdefault(key, lifespan_dependant)
+    return declarations
 
 
-@asynccontextmanager
-async def _lifespan_with_dependencies(
-    lifespan_context: Callable[[Any], AbstractAsyncContextManager[Any]],
-    app: Any,
-    scope: Scope,
-) -> AsyncIterator[Any]:
-    async with lifespan_context(app) as maybe_state:
-        own_state = maybe_state or {}
-        async with _TeardownStack() as stack:
-            values = await _set_up(app, stack)
-            if values is None:
-                yield maybe_state
-            elif "state" in scope:
-                # Keep the runs of other apps in this state: a mounted app whose
-                # lifespan the parent forwarded (in the same state or in the
-                # state its lifespan yields).
-                runs = {
-                    **scope["state"].get(LIFESPAN_STATE_KEY, {}),
-                    **own_state.get(LIFESPAN_STATE_KEY, {}),
-                    app: values,
-                }
-                yield {**own_state, LIFESPAN_STATE_KEY: runs}
+def _named(error: BaseException, name: str) -> BaseException:
+    """
+    Name the dependency in the generator protocol's own errors ("generator
+    didn't yield", "generator didn't stop"), which don't say which one.
+    """
+    if isinstance(error, RuntimeError) and str(error).startswith("generator didn't"):
+        named = RuntimeError(f'{error}: the lifespan-scoped dependency "{name}"')
+        named.__cause__ = error
+        return named
+    return error
+
+
+@dataclass(slots=True)
+class _Solver:
+    """Set up the lifespan dependencies of one run: one startup, like one request."""
+
+    overrides: dict[Any, Any]
+    # Exited in reverse order at shutdown: (name, entered context manager).
+    teardowns: list[tuple[str, AbstractAsyncContextManager[Any]]]
+    # One instance per callable that actually runs (use_cache=True) or per
+    # declaration (use_cache=False).
+    instances: dict[Hashable, Any] = field(default_factory=dict)
+    # The values of unscoped sub-dependencies, cached as within one request.
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    async def lifespan_value(self, dependant: Dependant, key: Hashable) -> Any:
+        used = _replacement(dependant, self.overrides)
+        instance_key = used.call if _uses_cache(dependant) else key
+        if instance_key not in self.instances:
+            self.instances[instance_key] = await self._call(used)
+        return self.instances[instance_key]
+
+    async def _unscoped_value(self, dependant: Dependant) -> Any:
+        used = _replacement(dependant, self.overrides)
+        if dependant.use_cache and used.call in self.cache:
+            return self.cache[used.call]
+        value = await self._call(used)
+        self.cache.setdefault(used.call, value)
+        return value
+
+    async def _call(self, dependant: Dependant) -> Any:
+        values: dict[str, Any] = {}
+        for sub_dependant in dependant.dependencies:
+            if sub_dependant.scope == "lifespan":
+                key = lifespan_key(sub_dependant, parent=dependant)
+                value = await self.lifespan_value(sub_dependant, key)
             else:
-                if getattr(app, _FALLBACK_ATTRIBUTE, None) is not None:
-                    raise FastAPIError(
-                        "The server does not support lifespan state, so the values of "
-                        "lifespan-scoped dependencies are kept on the app, and another "
-                        "lifespan run of this app is still active. Stop it first, or "
-                        "use a server that supports lifespan state."
-                    )
-                setattr(app, _FALLBACK_ATTRIBUTE, values)
-                try:
-                    yield maybe_state
-                finally:
-                    setattr(app, _FALLBACK_ATTRIBUTE, None)
+                value = await self._unscoped_value(sub_dependant)
+            if sub_dependant.name is not None:
+                values[sub_dependant.name] = value
+        call = dependant.call
+        assert call is not None
+        context_manager: AbstractAsyncContextManager[Any]
+        if _is_async_gen_callable(call):
+            context_manager = asynccontextmanager(call)(**values)
+        elif _is_gen_callable(call):
+            # Set-up and teardown in the thread pool, as for request dependencies.
+            context_manager = contextmanager_in_threadpool(
+                contextmanager(call)(**values)
+            )
+        elif _is_coroutine_callable(call):
+            return await call(**values)
+        else:
+            return await run_in_threadpool(call, **values)
+        name = _call_name(call)
+        try:
+            value = await context_manager.__aenter__()
+        except RuntimeError as error:
+            named = _named(error, name)
+            if named is error:
+                raise
+            raise named from error
+        self.teardowns.append((name, context_manager))
+        return value
 
 
 @dataclass(slots=True)
 class _LifespanRun:
-    # Starlette's `Router.lifespan` runs the ASGI lifespan protocol and calls
-    # `self.lifespan_context(app)` with the app only. This stands in for the router
-    # for one run so that the context also sees the lifespan scope (is `state`
-    # supported?).
-    router: Router
+    """One run (startup to shutdown) of an app's lifespan dependencies."""
+
+    app: Any
     scope: Scope
+    teardowns: list[tuple[str, AbstractAsyncContextManager[Any]]] = field(
+        default_factory=list
+    )
+    active: bool = False
+    # The first teardown error, raised once the app's own shutdown has run.
+    error: BaseException | None = None
 
-    def lifespan_context(self, app: Any) -> AbstractAsyncContextManager[Any]:
-        return _lifespan_with_dependencies(
-            self.router.lifespan_context, app, self.scope
-        )
+    async def set_up(self) -> None:
+        overrides = getattr(self.app, "dependency_overrides", None) or {}
+        declarations = _declarations(self.app, overrides)
+        if not declarations:
+            return
+        # Everything is checked before anything is set up.
+        checked: set[int] = set()
+        for dependant in declarations.values():
+            used = _replacement(dependant, overrides)
+            chain = [_describe(dependant, used)]
+            _check_needs(used, chain=chain, overrides=overrides, checked=checked)
+        if "state" not in self.scope:
+            if getattr(self.app, _FALLBACK_ATTRIBUTE, None) is not None:
+                raise FastAPIError(
+                    "The server does not support lifespan state, so the values of "
+                    "lifespan-scoped dependencies are kept on the app, and another "
+                    "lifespan run of this app is still active. Stop it first, or "
+                    "use a server that supports lifespan state."
+                )
+            # Claimed before the first await, so that a concurrent run fails too.
+            setattr(self.app, _FALLBACK_ATTRIBUTE, {})
+        self.active = True
+        solver = _Solver(overrides=overrides, teardowns=self.teardowns)
+        try:
+            values = {
+                key: await solver.lifespan_value(dependant, key)
+                for key, dependant in declarations.items()
+            }
+        except BaseException as error:
+            # The startup error stays the one reported.
+            for teardown_error in await self.tear_down():
+                _attach(error, teardown_error)
+            raise
+        if "state" in self.scope:
+            self.scope["state"][(LIFESPAN_STATE_KEY, id(self.app))] = values
+        else:
+            setattr(self.app, _FALLBACK_ATTRIBUTE, values)
+
+    async def tear_down(self) -> list[BaseException]:
+        """
+        Exit every dependency in reverse order, each as if nothing failed; return
+        the errors in teardown order.
+        """
+        if not self.active:
+            return []
+        self.active = False
+        errors: list[BaseException] = []
+        while self.teardowns:
+            name, context_manager = self.teardowns.pop()
+            try:
+                await context_manager.__aexit__(None, None, None)
+            except BaseException as error:
+                errors.append(_named(error, name))
+        if "state" in self.scope:
+            self.scope["state"].pop((LIFESPAN_STATE_KEY, id(self.app)), None)
+        else:
+            setattr(self.app, _FALLBACK_ATTRIBUTE, None)
+        return errors
 
 
-async def handle_lifespan(
-    router: Router, scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Run the ASGI lifespan of `router`, with lifespan dependencies if any."""
-    app = scope.get("app")
-    if not _State.declared or getattr(app, "router", None) is not router:
-        await router.lifespan(scope, receive, send)
-        return
-    run = cast(Router, _LifespanRun(router, scope))
-    await Router.lifespan(run, scope, receive, send)
+def _attach(error: BaseException, other: BaseException) -> None:
+    """Keep `other` (logged, and noted on `error`) when `error` is raised."""
+    logger.error("Lifespan dependency teardown failed", exc_info=other)
+    error.add_note(f"Another lifespan dependency teardown failed: {other!r}")
+
+
+def lifespan_dependencies_app(app: Any, lifespan_app: ASGIApp) -> ASGIApp:
+    """
+    Wrap the ASGI lifespan of `app` (`lifespan_app`) to run its lifespan-scoped
+    dependencies: set up once the app's own startup is complete, torn down when
+    the server asks for shutdown, before the app's own shutdown code.
+    """
+
+    async def run(scope: Scope, receive: Receive, send: Send) -> None:
+        lifespan_run = _LifespanRun(app=app, scope=scope)
+
+        async def receive_lifespan() -> Message:
+            try:
+                message = await receive()
+            except BaseException as error:
+                # Cancelled while running: still tear everything down.
+                for teardown_error in await lifespan_run.tear_down():
+                    _attach(error, teardown_error)
+                raise
+            if message["type"] == "lifespan.shutdown":
+                # The app's own shutdown code runs next, whatever happens here;
+                # the first teardown error is raised after it.
+                errors = await lifespan_run.tear_down()
+                if errors:
+                    lifespan_run.error = errors[0]
+                    for other in errors[1:]:
+                        _attach(errors[0], other)
+            return message
+
+        async def send_lifespan(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                await lifespan_run.set_up()
+            elif (
+                message["type"] == "lifespan.shutdown.complete"
+                and lifespan_run.error is not None
+            ):
+                await send(
+                    {
+                        "type": "lifespan.shutdown.failed",
+                        "message": "".join(
+                            traceback.format_exception(lifespan_run.error)
+                        ),
+                    }
+                )
+                raise lifespan_run.error
+            await send(message)
+
+        try:
+            await lifespan_app(scope, receive_lifespan, send_lifespan)
+        except BaseException as error:
+            if lifespan_run.error is not None and lifespan_run.error is not error:
+                # The app's own shutdown failed too: keep both.
+                _attach(error, lifespan_run.error)
+            raise
+
+    return run
 
 
 def get_lifespan_value(
@@ -359,8 +497,8 @@ def get_lifespan_value(
     """The value of a lifespan dependency for this request's run (the hot path)."""
     scope = connection.scope
     app = scope.get("app")
-    runs = (scope.get("state") or {}).get(LIFESPAN_STATE_KEY)
-    values = runs.get(app) if runs is not None else None
+    state = scope.get("state")
+    values = state.get((LIFESPAN_STATE_KEY, id(app))) if state else None
     if values is None:
         values = getattr(app, _FALLBACK_ATTRIBUTE, None)
         if values is None:
@@ -382,6 +520,3 @@ def get_lifespan_value(
             "next startup."
         ) from None
 
-
-def is_setting_up(connection: HTTPConnection) -> bool:
-    return _SETTING_UP_KEY in connection.scope
