@@ -1,8 +1,9 @@
 """
-Every declaration that SPEC §4 forbids, for each kind of request-only need, at
-depth 1 and 3, written with `Annotated` and with defaults, declared in each place
-a lifespan dependency can be declared: each raises `DependencyScopeError` when it
-is declared, naming the dependency, the parameter and the chain.
+Every declaration of a lifespan-scoped dependency that needs request data, for
+each kind of request-only need, at depth 1 and 3, written with `Annotated` and
+with defaults, declared in each place a lifespan dependency can be declared: each
+raises `DependencyScopeError` when it is declared, naming the dependency, the
+parameter and the chain.
 """
 
 import re
