@@ -180,9 +180,7 @@ def test_replacement_with_use_cache_false_gets_its_own_instance():
 
     @app.get("/real")
     def read_real(
-        db: Annotated[
-            object, Depends(get_real_db, scope="lifespan", use_cache=False)
-        ],
+        db: Annotated[object, Depends(get_real_db, scope="lifespan", use_cache=False)],
     ) -> int:
         return id(db)
 

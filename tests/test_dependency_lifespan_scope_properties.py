@@ -234,7 +234,9 @@ async def serve(
         try:
             with anyio.CancelScope() as scope:
                 scopes.append(scope)
-                await app({"type": "lifespan", "state": state}, from_server.receive, send)
+                await app(
+                    {"type": "lifespan", "state": state}, from_server.receive, send
+                )
         except BaseException as exc:
             error = exc
 

@@ -147,8 +147,7 @@ def test_teardown_error_and_app_shutdown_error_are_both_kept():
         with TestClient(app):
             pass
     assert exc.value.__notes__ == [
-        "Another lifespan dependency teardown failed: "
-        "TeardownError('teardown failed')"
+        "Another lifespan dependency teardown failed: TeardownError('teardown failed')"
     ]
 
 

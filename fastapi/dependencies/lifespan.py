@@ -519,4 +519,3 @@ def get_lifespan_value(
             "while the app was running?). Dependency overrides take effect at the "
             "next startup."
         ) from None
-
