@@ -218,9 +218,9 @@ def _iter_router_dependants(
 ) -> Iterator[tuple[Dependant, bool]]:
     """
     The dependants declared in a router's tree: those of its routes (included
-    routers' and routers mounted with `mount()` too), and the entries of its and
-    its included routers' `dependencies=` lists, even without routes. Each comes
-    with whether it is such an entry.
+    routers' and routers mounted with `mount()` too), and the lifespan-scoped
+    entries of its and its included routers' `dependencies=` lists, even without
+    routes. Each comes with whether it is such an entry.
     """
     # Imported here: fastapi.routing imports this module.
     from fastapi.routing import APIRouter, iter_route_contexts
@@ -249,31 +249,33 @@ def _iter_router_dependants(
 
 
 def _iter_listed_dependants(router: Router) -> Iterator[Dependant]:
-    """The entries of the `dependencies=` lists of a router and its inclusions."""
+    """
+    The lifespan-scoped entries of the `dependencies=` lists of a router and its
+    inclusions (the others only run with a route).
+    """
     # Imported here: fastapi.routing imports this module.
     from fastapi.dependencies.utils import get_parameterless_sub_dependant
     from fastapi.routing import _IncludedRouter
 
     path = getattr(router, "prefix", "")
-    for depends in getattr(router, "dependencies", []):
-        yield get_parameterless_sub_dependant(depends=depends, path=path)
-    for route in router.routes:
-        if isinstance(route, _IncludedRouter):
-            for depends in route.include_context.dependencies:
-                yield get_parameterless_sub_dependant(depends=depends, path=path)
-            yield from _iter_listed_dependants(route.original_router)
+    listed = list(getattr(router, "dependencies", []))
+    included = [route for route in router.routes if isinstance(route, _IncludedRouter)]
+    for route in included:
+        listed.extend(route.include_context.dependencies)
+    for depends in listed:
+        if depends.scope == "lifespan":
+            yield get_parameterless_sub_dependant(depends=depends, path=path)
+    for route in included:
+        yield from _iter_listed_dependants(route.original_router)
 
 
 def _declarations(app: Any, overrides: dict[Any, Any]) -> dict[Hashable, Dependant]:
     """Every lifespan declaration of the app, in order, following overrides."""
     declarations: dict[Hashable, Dependant] = {}
     for dependant, is_entry in _iter_router_dependants(app.router, set()):
-        if is_entry and dependant.scope == "lifespan":
-            key = lifespan_key(dependant, parent=None)
-            declarations.setdefault(key, dependant)
-            continue
         if is_entry:
-            dependant = _replacement(dependant, overrides)
+            declarations.setdefault(lifespan_key(dependant, parent=None), dependant)
+            continue
         for key, lifespan_dependant in _iter_lifespan_dependants(dependant, overrides):
             declarations.setdefault(key, lifespan_dependant)
     return declarations
