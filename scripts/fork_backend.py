@@ -108,10 +108,70 @@ def fetch_sdist(upstream: Upstream) -> Path:
     return path
 
 
+# What a PEP 517 front-end hands the hook subprocess it runs this backend in:
+# pyproject-hooks (pip, build) passes the backend and its in-tree path as
+# _PYPROJECT_HOOKS_*, its older releases and the pep517 library as PEP517_*; pip
+# also shares its build tracker with the pips it starts itself. The nested pip is
+# a front-end of its own for pdm-backend: inheriting these, it looks for
+# pdm.backend in *our* backend path (pip 26.3) or joins the outer pip's
+# bookkeeping, so it gets none of them.
+FRONTEND_PREFIXES = ("_PYPROJECT_HOOKS_", "PEP517_")
+FRONTEND_VARIABLES = {"PIP_BUILD_TRACKER", "PIP_REQ_TRACKER"}
+# pip options that change *what* it downloads, or for which interpreter, rather
+# than where from: they belong to the user's own installs, not to fetching one
+# pinned file (a constraints file pinning fastapi to the fork would otherwise
+# make the pristine release unsatisfiable). Everything else is kept: the
+# index, find-links, proxy, certificate, timeout and cache settings (PIP_*,
+# pip.conf), the proxy and certificate variables, and PYTHONPATH and PATH, which
+# make the build environment's packages (pdm-backend) visible.
+PIP_SELECTION_OPTIONS = {
+    "PIP_REQUIREMENT",
+    "PIP_CONSTRAINT",
+    "PIP_GROUP",
+    "PIP_PYTHON",
+    "PIP_PLATFORM",
+    "PIP_PYTHON_VERSION",
+    "PIP_IMPLEMENTATION",
+    "PIP_ABI",
+}
+
+
+def nested_pip_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The environment of the nested ``pip download``: the user's, without what
+    the front-end running this backend set for itself."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not name.startswith(FRONTEND_PREFIXES)
+        and name not in FRONTEND_VARIABLES
+        and name not in PIP_SELECTION_OPTIONS
+    }
+
+
+# pip logs each index page it could not fetch ("Could not fetch URL <url>:
+# <reason> - skipping") in its verbose log only, and then finds no file; a 4xx
+# answer means the index was reached and does not have the page. A failure to
+# fetch the file itself shows in pip's own message.
+_FETCH_FAILURE = re.compile(r"Could not fetch URL .*")
+_NETWORK_ERROR = re.compile(
+    r"Failed to establish a new connection|Connection refused|Max retries exceeded"
+    r"|Temporary failure in name resolution|Name or service not known"
+    r"|Network is unreachable|timed out|ProxyError|CERTIFICATE_VERIFY_FAILED"
+    r"|SSLError|Connection reset|RemoteDisconnected"
+)
+
+
+def _indented(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "".join(f"  {line}\n" for line in lines) or "  (no output)\n"
+
+
 def _download(upstream: Upstream, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         requirements = Path(tmp) / "requirements.txt"
+        log = Path(tmp) / "pip.log"
+        download_dir = Path(tmp) / "download"
         # pip checks the digest too (--require-hashes) before it saves anything.
         requirements.write_text(
             f"{upstream.requirement} --hash=sha256:{upstream.sha256}\n"
@@ -127,7 +187,9 @@ def _download(upstream: Upstream, dest: Path) -> None:
             ":all:",
             "--require-hashes",
             "--dest",
-            tmp,
+            str(download_dir),
+            "--log",
+            str(log),
             "-r",
             str(requirements),
         ]
@@ -135,15 +197,72 @@ def _download(upstream: Upstream, dest: Path) -> None:
             # pip prepares the sdist's metadata with pdm-backend: where it is at
             # hand (the build environment), skip a second isolated environment.
             command.append("--no-build-isolation")
-        result = subprocess.run(command, capture_output=True, text=True)
-        downloaded = Path(tmp) / upstream.sdist_name
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            # An empty folder: not the project being built (python -m puts the
+            # working directory on sys.path, and pip reads ./pyproject.toml for
+            # --group).
+            cwd=tmp,
+            env=nested_pip_environment(dict(os.environ)),
+        )
+        downloaded = download_dir / upstream.sdist_name
         if result.returncode != 0 or not downloaded.is_file():
+            verbose = log.read_text(errors="replace") if log.is_file() else ""
             raise ForkBuildError(
-                f"could not download {upstream.requirement} (sdist) with pip:\n"
-                f"{result.stdout}{result.stderr}\nSet FASTAPI_FORK_UPSTREAM_SDIST "
-                "to a local copy of the sdist to build offline."
+                _download_failure(upstream, result, verbose, downloaded)
             )
         shutil.move(str(downloaded), dest)
+
+
+def _download_failure(
+    upstream: Upstream,
+    result: subprocess.CompletedProcess[str],
+    verbose_log: str,
+    downloaded: Path,
+) -> str:
+    """Say which part of the download failed, with pip's own words."""
+    said = f"{result.stdout}{result.stderr}"
+    what = f"could not download the upstream sdist ({upstream.requirement}) with pip"
+    pip_said = f"pip said:\n{_indented(said)}"
+    if "DO NOT MATCH THE HASHES" in said:
+        return (
+            f"{what}: the file the package index serves does not have the sha256 "
+            f"pyproject.toml pins ([tool.fork.upstream] sha256 = {upstream.sha256}).\n"
+            f"{pip_said}Either the pin is wrong (when bumping upstream, take the "
+            "sha256 pip reports for the release) or the index serves another file "
+            "under that name."
+        )
+    unreachable = [
+        line
+        for line in _FETCH_FAILURE.findall(verbose_log)
+        if not re.search(r"\b4\d\d Client Error", line)
+    ]
+    not_found = "No matching distribution found" in said
+    if (not_found and unreachable) or _NETWORK_ERROR.search(said):
+        return (
+            f"{what}: the package index could not be reached.\n"
+            + (f"{_indented(chr(10).join(unreachable))}" if unreachable else "")
+            + f"{pip_said}The build fetches the sdist from the index your pip "
+            "configuration names (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, "
+            "PIP_FIND_LINKS or pip.conf; a proxy through HTTPS_PROXY or "
+            "PIP_PROXY). To build offline, set FASTAPI_FORK_UPSTREAM_SDIST to a "
+            f"local copy of {upstream.sdist_name}."
+        )
+    if not_found:
+        return (
+            f"{what}: the package index was reached but has no sdist of "
+            f"{upstream.name} {upstream.version}.\n{pip_said}Check the index your "
+            "pip configuration names (PIP_INDEX_URL, pip.conf): it must serve "
+            f"{upstream.sdist_name}."
+        )
+    if result.returncode == 0:
+        return f"{what}: pip succeeded but did not save {downloaded.name}.\n{pip_said}"
+    return (
+        f"{what}: the nested 'pip download' failed (exit code "
+        f"{result.returncode}).\n{pip_said}"
+    )
 
 
 def unpack_sdist(sdist: Path, dest: Path) -> None:

@@ -1,6 +1,8 @@
 """Tests of the fork's build backend and developer tooling (not of FastAPI)."""
 
 import email
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +67,136 @@ def test_missing_local_sdist_is_reported(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("FASTAPI_FORK_UPSTREAM_SDIST", str(tmp_path / "nope.tar.gz"))
     with pytest.raises(ForkBuildError, match="does not exist"):
         fork_backend.fetch_sdist(fork_backend.read_upstream())
+
+
+@pytest.fixture
+def links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """
+    Make pip's only source a local find-links folder (holding the pinned sdist) and
+    the fork's sdist cache an empty folder, so the build's nested pip download runs
+    for real, fast and without the network.
+    """
+    sdist = fork_backend.fetch_sdist(fork_backend.read_upstream())
+    folder = tmp_path / "links"
+    folder.mkdir()
+    shutil.copyfile(sdist, folder / sdist.name)
+    for name in list(os.environ):
+        if name.startswith(("PIP_", "FASTAPI_FORK_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    monkeypatch.setenv("FASTAPI_FORK_CACHE", str(tmp_path / "empty-cache"))
+    return folder
+
+
+def test_download_ignores_what_the_frontend_set_for_itself(
+    links: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # pip 26.3 runs this backend with its in-tree path in
+    # _PYPROJECT_HOOKS_BACKEND_PATH_JSON; inherited, the nested pip looked for
+    # pdm.backend there only ("Cannot find module 'pdm.backend' in [.../scripts]").
+    monkeypatch.setenv("_PYPROJECT_HOOKS_BACKEND_PATH_JSON", '["/nonexistent"]')
+    monkeypatch.setenv("_PYPROJECT_HOOKS_BUILD_BACKEND", "fork_backend")
+    monkeypatch.setenv("PEP517_BACKEND_PATH", "/nonexistent")
+    monkeypatch.setenv("PEP517_BUILD_BACKEND", "fork_backend")
+    tracker = tmp_path / "outer-pip-tracker"
+    tracker.mkdir()
+    monkeypatch.setenv("PIP_BUILD_TRACKER", str(tracker))
+    upstream = fork_backend.read_upstream()
+    sdist = fork_backend.fetch_sdist(upstream)
+    assert sdist == tmp_path / "empty-cache" / upstream.sdist_name
+    assert sdist.read_bytes() == (links / upstream.sdist_name).read_bytes()
+
+
+def test_download_ignores_the_users_constraints(
+    links: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The user's constraints (here pinning fastapi to the fork) are for their own
+    # installs, not for fetching the pristine release.
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("fastapi==0.165.0+lifespan.1\n")
+    monkeypatch.setenv("PIP_CONSTRAINT", str(constraints))
+    upstream = fork_backend.read_upstream()
+    assert fork_backend.fetch_sdist(upstream).name == upstream.sdist_name
+
+
+def test_nested_pip_environment_keeps_the_users_configuration():
+    environ = {
+        "PATH": "/build-env/bin:/usr/bin",
+        "PYTHONPATH": "/tmp/pip-build-env-x/site",
+        "PIP_INDEX_URL": "https://mirror.example/simple",
+        "PIP_CERT": "/etc/ssl/certs/ca.pem",
+        "HTTPS_PROXY": "http://proxy.example:3128",
+        "_PYPROJECT_HOOKS_BACKEND_PATH_JSON": '["/repo/scripts"]',
+        "PEP517_BACKEND_PATH": "/repo/scripts",
+        "PIP_BUILD_TRACKER": "/tmp/pip-build-tracker-x",
+        "PIP_CONSTRAINT": "constraints.txt",
+        "PIP_PYTHON": "/usr/bin/python3.9",
+    }
+    assert fork_backend.nested_pip_environment(environ) == {
+        "PATH": "/build-env/bin:/usr/bin",
+        "PYTHONPATH": "/tmp/pip-build-env-x/site",
+        "PIP_INDEX_URL": "https://mirror.example/simple",
+        "PIP_CERT": "/etc/ssl/certs/ca.pem",
+        "HTTPS_PROXY": "http://proxy.example:3128",
+    }
+
+
+def test_unreachable_index_is_reported_with_the_offline_hint(
+    links: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("PIP_NO_INDEX")
+    monkeypatch.delenv("PIP_FIND_LINKS")
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    with pytest.raises(ForkBuildError) as error:
+        fork_backend.fetch_sdist(fork_backend.read_upstream())
+    message = str(error.value)
+    assert "the package index could not be reached" in message
+    assert "Could not fetch URL http://127.0.0.1:9/fastapi/" in message
+    assert "pip said:\n  ERROR: " in message
+    assert "set FASTAPI_FORK_UPSTREAM_SDIST" in message
+
+
+def test_hash_mismatch_is_reported_as_such(
+    links: Path, repo: Path, tmp_path: Path
+):
+    pyproject = repo / "pyproject.toml"
+    upstream = fork_backend.read_upstream(repo)
+    pyproject.write_text(pyproject.read_text().replace(upstream.sha256, "0" * 64))
+    with pytest.raises(ForkBuildError) as error:
+        fork_backend.assemble(tmp_path / "out", root=repo)
+    message = str(error.value)
+    assert "does not have the sha256 pyproject.toml pins" in message
+    assert "DO NOT MATCH THE HASHES" in message  # pip's own words
+    assert "FASTAPI_FORK_UPSTREAM_SDIST" not in message
+
+
+def test_release_missing_from_the_index_is_reported(
+    links: Path, monkeypatch: pytest.MonkeyPatch
+):
+    for sdist in links.iterdir():
+        sdist.unlink()
+    with pytest.raises(ForkBuildError) as error:
+        fork_backend.fetch_sdist(fork_backend.read_upstream())
+    message = str(error.value)
+    assert "was reached but has no sdist of fastapi 0.165.0" in message
+    assert "No matching distribution found for fastapi===0.165.0" in message
+    assert "FASTAPI_FORK_UPSTREAM_SDIST" not in message
+
+
+def test_nested_pip_failing_is_reported_with_its_message(
+    links: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("PIP_USE_FEATURE", "no-such-feature")
+    with pytest.raises(ForkBuildError) as error:
+        fork_backend.fetch_sdist(fork_backend.read_upstream())
+    message = str(error.value)
+    assert re.search(r"the nested 'pip download' failed \(exit code \d+\)", message)
+    assert "no-such-feature" in message
+    assert "FASTAPI_FORK_UPSTREAM_SDIST" not in message
 
 
 def test_new_file_may_not_replace_an_upstream_file(repo: Path, tmp_path: Path):
