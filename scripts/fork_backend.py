@@ -34,7 +34,7 @@ import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,6 +265,11 @@ def _download_failure(
     )
 
 
+# tarfile's extraction filters (filter="data") exist from Python 3.11.4; Debian
+# 12's python3 is 3.11.2, and upstream supports every 3.11.
+HAS_TAR_FILTERS = hasattr(tarfile, "data_filter")
+
+
 def unpack_sdist(sdist: Path, dest: Path) -> None:
     """Unpack the sdist's single top folder into ``dest``."""
     with tarfile.open(sdist) as tar:
@@ -274,7 +279,45 @@ def unpack_sdist(sdist: Path, dest: Path) -> None:
             if not member.name.startswith(prefix):
                 continue
             member.name = member.name[len(prefix) :]
-            tar.extract(member, dest, filter="data")
+            if HAS_TAR_FILTERS:
+                tar.extract(member, dest, filter="data")
+            else:
+                _extract_without_filters(tar, member, sdist, dest)
+
+
+def _extract_without_filters(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, sdist: Path, dest: Path
+) -> None:
+    """
+    Extract one folder or regular file below ``dest`` where tarfile has no
+    extraction filters: refuse absolute paths, ``..`` and anything but folders
+    and regular files (an sdist has no links or devices); no special mode bits.
+    """
+    name = member.name
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or ".." in parts:
+        raise ForkBuildError(
+            f"{sdist} holds {name!r}, a path outside the folder it unpacks into: "
+            "refusing to unpack it."
+        )
+    if not parts:
+        return
+    target = dest.joinpath(*parts)
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    if not member.isfile():
+        raise ForkBuildError(
+            f"{sdist} holds {name!r}, which is not a regular file or folder (a "
+            "link or device): refusing to unpack it."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = tar.extractfile(member)
+    assert source is not None  # a regular file always has content
+    with source, target.open("wb") as out:
+        shutil.copyfileobj(source, out)
+    target.chmod(0o755 if member.mode & 0o111 else 0o644)
+    os.utime(target, (member.mtime, member.mtime))
 
 
 def patch_files(root: Path = ROOT) -> list[Path]:

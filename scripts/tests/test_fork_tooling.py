@@ -1,6 +1,7 @@
 """Tests of the fork's build backend and developer tooling (not of FastAPI)."""
 
 import email
+import io
 import os
 import re
 import shutil
@@ -197,6 +198,65 @@ def test_nested_pip_failing_is_reported_with_its_message(
     assert re.search(r"the nested 'pip download' failed \(exit code \d+\)", message)
     assert "no-such-feature" in message
     assert "FASTAPI_FORK_UPSTREAM_SDIST" not in message
+
+
+def test_unpack_without_tar_filters_gives_the_same_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Python < 3.11.4 (Debian 12's 3.11.2) has no filter= for tarfile.extract.
+    sdist = fork_backend.fetch_sdist(fork_backend.read_upstream())
+    fork_backend.unpack_sdist(sdist, tmp_path / "filtered")
+    monkeypatch.setattr(fork_backend, "HAS_TAR_FILTERS", False)
+    fork_backend.unpack_sdist(sdist, tmp_path / "plain")
+    assert fork.compare_trees(tmp_path / "filtered", tmp_path / "plain") == []
+    for path in (tmp_path / "filtered").rglob("*"):
+        twin = tmp_path / "plain" / path.relative_to(tmp_path / "filtered")
+        assert path.stat().st_mode == twin.stat().st_mode, path
+        if path.is_file():
+            assert path.stat().st_mtime == twin.stat().st_mtime, path
+
+
+def _tar_with(tmp_path: Path, member: tarfile.TarInfo) -> Path:
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        top = tarfile.TarInfo("evil-1.0")
+        top.type = tarfile.DIRTYPE
+        tar.addfile(top)
+        content = b"x" if member.isfile() else b""
+        member.size = len(content)
+        tar.addfile(member, io.BytesIO(content))
+    return archive
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = link
+    return member
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _member("evil-1.0/../../escaped"),
+        _member("evil-1.0//tmp/absolute"),
+        _member("evil-1.0/link", tarfile.SYMTYPE, "/etc/passwd"),
+        _member("evil-1.0/link", tarfile.SYMTYPE, "../../escaped"),
+        _member("evil-1.0/hard", tarfile.LNKTYPE, "/etc/passwd"),
+        _member("evil-1.0/fifo", tarfile.FIFOTYPE),
+    ],
+    ids=["dotdot", "absolute", "symlink-absolute", "symlink-dotdot", "hardlink", "fifo"],
+)
+def test_unpack_without_tar_filters_refuses_what_leaves_the_folder(
+    member: tarfile.TarInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(fork_backend, "HAS_TAR_FILTERS", False)
+    archive = _tar_with(tmp_path, member)
+    dest = tmp_path / "a" / "b" / "dest"
+    dest.mkdir(parents=True)
+    with pytest.raises(ForkBuildError, match="refusing to unpack it"):
+        fork_backend.unpack_sdist(archive, dest)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "dest", "evil.tar.gz"]
 
 
 def test_new_file_may_not_replace_an_upstream_file(repo: Path, tmp_path: Path):
