@@ -30,6 +30,10 @@ python scripts/fork.py coverage DATA_FILE [--baseline BASELINE_DATA_FILE]
     not fall below the pristine upstream run's.
 python scripts/fork.py upstream-sdist
     Print the path of the verified upstream sdist (downloading it if needed).
+python scripts/fork.py build-inputs [EXTRA ...]
+    Print a digest of everything the build reads from this repository (the pin,
+    the backend, the series, our files) and of the EXTRA strings: scripts/run.sh
+    reinstalls the fork only when it changes.
 """
 
 from __future__ import annotations
@@ -126,6 +130,22 @@ def layout_fingerprint(root: Path) -> str:
     files = [p.relative_to(root).as_posix() for p in fork_backend.patch_files(root)]
     for rel in sorted(files + fork_backend.overlay_files(root)):
         digest.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def build_inputs(root: Path = ROOT) -> list[str]:
+    """What the build reads from a repository, as paths relative to it."""
+    fixed = ["pyproject.toml", "scripts/fork_backend.py"]
+    patches = [p.relative_to(root).as_posix() for p in fork_backend.patch_files(root)]
+    return fixed + patches + fork_backend.overlay_files(root)
+
+
+def build_inputs_digest(root: Path = ROOT, extra: Iterable[str] = ()) -> str:
+    digest = hashlib.sha256()
+    for rel in build_inputs(root):
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+    for item in extra:
+        digest.update(b"extra\0" + item.encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -352,6 +372,10 @@ def cmd_upstream_sdist(args: argparse.Namespace) -> None:
     print(fork_backend.fetch_sdist(fork_backend.read_upstream()))
 
 
+def cmd_build_inputs(args: argparse.Namespace) -> None:
+    print(build_inputs_digest(ROOT, args.extra))
+
+
 def statement_of(source: str) -> Callable[[int], int]:
     """
     Map a line to the first line of the statement that holds it, as coverage
@@ -477,6 +501,9 @@ def main(argv: list[str] | None = None) -> None:
     cover.add_argument("--baseline")
     cover.set_defaults(func=cmd_coverage)
     sub.add_parser("upstream-sdist").set_defaults(func=cmd_upstream_sdist)
+    inputs = sub.add_parser("build-inputs")
+    inputs.add_argument("extra", nargs="*")
+    inputs.set_defaults(func=cmd_build_inputs)
     args = parser.parse_args(argv)
     try:
         args.func(args)
