@@ -88,7 +88,9 @@ FINGERPRINT = Path(".git") / "fork-fingerprint"
 # Files that running tests or tools in the work tree leaves behind.
 WORK_TREE_EXCLUDES = (
     "__pycache__/\n*.py[co]\n.coverage*\ncoverage/\nhtmlcov/\n"
-    ".pytest_cache/\n.mypy_cache/\n.ruff_cache/\n"
+    ".pytest_cache/\n.mypy_cache/\n.ruff_cache/\n.hypothesis/\n"
+    # Written by upstream's docs_src examples when their tests run.
+    "/log.txt\n"
 )
 MODULE_MESSAGE = "Add the new modules (the patches that follow hook them in)"
 EXTRAS_MESSAGE = "Add the tests, examples and docs of the change"
@@ -124,13 +126,19 @@ def _commit_all(tree: Path, message: str) -> None:
         git(tree, "commit", "-q", "-m", message)
 
 
+def _digest(root: Path, files: Iterable[str], extra: Iterable[str] = ()) -> str:
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+    for item in extra:
+        digest.update(b"extra\0" + item.encode() + b"\0")
+    return digest.hexdigest()
+
+
 def layout_fingerprint(root: Path) -> str:
     """A digest of the committed series and new files of a repository layout."""
-    digest = hashlib.sha256()
     files = [p.relative_to(root).as_posix() for p in fork_backend.patch_files(root)]
-    for rel in sorted(files + fork_backend.overlay_files(root)):
-        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
-    return digest.hexdigest()
+    return _digest(root, sorted(files + fork_backend.overlay_files(root)))
 
 
 def build_inputs(root: Path = ROOT) -> list[str]:
@@ -141,12 +149,7 @@ def build_inputs(root: Path = ROOT) -> list[str]:
 
 
 def build_inputs_digest(root: Path = ROOT, extra: Iterable[str] = ()) -> str:
-    digest = hashlib.sha256()
-    for rel in build_inputs(root):
-        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
-    for item in extra:
-        digest.update(b"extra\0" + item.encode() + b"\0")
-    return digest.hexdigest()
+    return _digest(root, build_inputs(root), extra)
 
 
 def build_work_tree(
