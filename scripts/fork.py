@@ -15,10 +15,13 @@ python scripts/fork.py check [--work-tree]
     with git am to the pristine sdist, give the same tree as the build
     (patch-ng), and export back to exactly what is in the repository. With
     --work-tree, the prepared work tree must also have nothing left unexported.
-python scripts/fork.py pr [--output dist/pr]
-    Write the whole change (patches and new files, without the patches marked
-    "Upstream-Status: not for upstream") as a git am-able series on upstream's
-    source: what a reviewer of the upstream pull request applies.
+python scripts/fork.py pr [--output dist/pr] [--author "NAME <EMAIL>"] [--date DATE]
+    Write the upstream pull request: the change as a git am-able series on
+    upstream's source (the patches without those marked "Upstream-Status: not
+    for upstream", the new module added just before the first patch that uses
+    it, then the tests and the docs, without the tests listed as fork-only in
+    pyproject.toml), authored by your git identity (or --author) at the current
+    time (or --date), and its description, PR.md (from docs/pr/PR.md).
 python scripts/fork.py testdir DEST [--pristine]
     Lay out the folder the test suite runs from: the assembled (or pristine)
     tests/, docs_src/, scripts/, docs/ and pyproject.toml, without fastapi/, so
@@ -47,7 +50,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +99,46 @@ WORK_TREE_EXCLUDES = (
 )
 MODULE_MESSAGE = "Add the new modules (the patches that follow hook them in)"
 EXTRAS_MESSAGE = "Add the tests, examples and docs of the change"
+# The commits of the upstream pull request that add new files (the others are the
+# patches, with their own messages).
+PR_MODULE_MESSAGE = """\
+✨ Add `fastapi.dependencies.lifespan`, to set up lifespan-scoped dependencies
+
+The machinery of `Depends(..., scope="lifespan")`, in one module of plain
+functions over `Dependant` (the commits that follow hook it in):
+
+* `check_lifespan_dependant()`: at declaration, a lifespan dependency may
+  not need request data (parameters, `Request`, `Response`, ...) or a
+  `"request"`/`"function"` sub-dependency, at any depth; the
+  `DependencyScopeError` names the dependency, the need and the chain.
+* `lifespan_dependencies_app()`: wraps the app's ASGI lifespan. When the
+  app's own startup is complete, the lifespan dependencies declared in its
+  route tree (following `dependency_overrides`, checked again there) are
+  set up, once per callable (`use_cache=True`) or per declaration
+  (`use_cache=False`), dependencies first; their values go into the
+  lifespan state under a key of the app's own. When the server asks for
+  shutdown, they are torn down in reverse order, each as if nothing failed,
+  before the app's own shutdown code, which always runs.
+* `get_lifespan_value()`: what a request pays, one lookup in its copy of
+  the lifespan state, with a clear `FastAPIError` when the lifespan did not
+  run.
+"""
+PR_TESTS_MESSAGE = """\
+✅ Add tests for lifespan-scoped dependencies
+
+Lifetime and sharing across HTTP, WebSocket and every place a dependency
+can be declared, `use_cache=False` per declaration, the declaration checks
+(every request-only need, at depth, in each place), overrides, startup and
+shutdown failures, cancellation, composition with `lifespan=`,
+`on_startup` and routers' lifespans, mounted apps and routers.
+"""
+PR_DOCS_MESSAGE = """\
+📝 Add docs for lifespan-scoped dependencies
+
+A tutorial page after "Dependencies with yield", with tested examples in
+`docs_src/lifespan_scoped_dependencies/` (`Annotated` and `_non_an`
+variants) and their tests under `tests/test_tutorial/`.
+"""
 # What the test suite needs beside tests/ (upstream's pyproject.toml carries the
 # pytest settings: warnings as errors, strict markers, timeouts).
 TEST_TREE = (
@@ -120,10 +165,10 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return result.stdout
 
 
-def _commit_all(tree: Path, message: str) -> None:
+def _commit_all(tree: Path, message: str, env: dict[str, str] | None = None) -> None:
     git(tree, "add", "-A")
     if git(tree, "status", "--porcelain").strip():
-        git(tree, "commit", "-q", "-m", message)
+        git(tree, "commit", "-q", "-m", message, env=env)
 
 
 def _digest(root: Path, files: Iterable[str], extra: Iterable[str] = ()) -> str:
@@ -152,41 +197,94 @@ def build_inputs_digest(root: Path = ROOT, extra: Iterable[str] = ()) -> str:
     return _digest(root, build_inputs(root), extra)
 
 
-def build_work_tree(
-    dest: Path, root: Path = ROOT, *, upstream_only: bool = False
-) -> None:
-    """
-    Pristine sdist, our modules, the series (git am), our tests and docs.
-
-    With upstream_only, the patches marked "Upstream-Status: not for upstream"
-    (fork packaging) are left out.
-    """
+def _pristine_repository(dest: Path, root: Path) -> None:
+    """A git repository of the pristine sdist, tagged "upstream"."""
     upstream = fork_backend.read_upstream(root)
     dest.mkdir(parents=True)
     fork_backend.unpack_sdist(fork_backend.fetch_sdist(upstream), dest)
     git(dest, "init", "-q", "-b", "main")
     (dest / ".git" / "info").mkdir(parents=True, exist_ok=True)
     (dest / ".git" / "info" / "exclude").write_text(WORK_TREE_EXCLUDES)
-    (dest / FINGERPRINT).write_text(layout_fingerprint(root))
     _commit_all(dest, f"{upstream.name} {upstream.version}, the pristine sdist")
     git(dest, "tag", UPSTREAM_TAG)
-    new_files = fork_backend.overlay_files(root)
-    modules = [f for f in new_files if f.startswith("fastapi/")]
-    _copy_new_files(root, dest, modules)
-    _commit_all(dest, _files_message(MODULE_MESSAGE, modules))
-    patches = fork_backend.patch_files(root)
-    if upstream_only:
-        patches = [p for p in patches if NOT_FOR_UPSTREAM not in p.read_text()]
-    if patches:
+
+
+def _apply(dest: Path, patches: list[Path], env: dict[str, str] | None = None) -> None:
+    for patch in patches:
         try:
-            git(dest, "am", "--quiet", *map(str, patches))
+            git(dest, "am", "--quiet", str(patch))
         except ForkBuildError as exc:
             raise ForkBuildError(
                 f"the series does not apply cleanly to the pristine sdist: {exc}"
             ) from None
+        if env is not None:
+            git(dest, "commit", "-q", "--amend", "--no-edit", "--reset-author", env=env)
+
+
+def build_work_tree(dest: Path, root: Path = ROOT) -> None:
+    """Pristine sdist, our modules, the series (git am), our tests and docs."""
+    _pristine_repository(dest, root)
+    (dest / FINGERPRINT).write_text(layout_fingerprint(root))
+    new_files = fork_backend.overlay_files(root)
+    modules = [f for f in new_files if f.startswith("fastapi/")]
+    _copy_new_files(root, dest, modules)
+    _commit_all(dest, _files_message(MODULE_MESSAGE, modules))
+    _apply(dest, fork_backend.patch_files(root))
     extras = [f for f in new_files if f not in modules]
     _copy_new_files(root, dest, extras)
     _commit_all(dest, _files_message(EXTRAS_MESSAGE, extras))
+
+
+def fork_only_files(root: Path = ROOT) -> list[str]:
+    """Our files that stay out of the upstream pull request (pyproject.toml)."""
+    with (root / "pyproject.toml").open("rb") as f:
+        prefixes = tomllib.load(f)["tool"]["fork"]["pr"]["fork-only"]
+    return [
+        rel
+        for rel in fork_backend.overlay_files(root)
+        if any(rel == prefix or rel.startswith(prefix) for prefix in prefixes)
+    ]
+
+
+def _module_name(rel: str) -> str:
+    return rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def build_pr_tree(dest: Path, env: dict[str, str], root: Path = ROOT) -> None:
+    """
+    The upstream pull request as commits on the pristine sdist: the series without
+    fork packaging, our new modules added just before the first patch that imports
+    them, then the tests, then the docs (examples, their tests, the page).
+    """
+    _pristine_repository(dest, root)
+    new_files = [
+        f for f in fork_backend.overlay_files(root) if f not in fork_only_files(root)
+    ]
+    modules = [f for f in new_files if f.startswith("fastapi/")]
+    names = [_module_name(f) for f in modules]
+    patches = [
+        p
+        for p in fork_backend.patch_files(root)
+        if NOT_FOR_UPSTREAM not in p.read_text()
+    ]
+    first_user = next(
+        (i for i, p in enumerate(patches) if any(n in p.read_text() for n in names)),
+        len(patches),
+    )
+    _apply(dest, patches[:first_user], env)
+    _copy_new_files(root, dest, modules)
+    _commit_all(dest, PR_MODULE_MESSAGE, env)
+    _apply(dest, patches[first_user:], env)
+    docs = [
+        f
+        for f in new_files
+        if f.startswith(("docs/", "docs_src/", "tests/test_tutorial/"))
+    ]
+    tests = [f for f in new_files if f not in modules and f not in docs]
+    _copy_new_files(root, dest, tests)
+    _commit_all(dest, PR_TESTS_MESSAGE, env)
+    _copy_new_files(root, dest, docs)
+    _commit_all(dest, PR_DOCS_MESSAGE, env)
 
 
 def _files_message(subject: str, files: list[str]) -> str:
@@ -335,14 +433,46 @@ def cmd_check(args: argparse.Namespace) -> None:
     print("series and new files reproduce the tree")
 
 
+def pr_identity(author: str | None, date: str | None) -> dict[str, str]:
+    """
+    Who the pull request's commits are from, and when: `author` ("Name
+    <email>") or the user's own git identity, at `date` or now.
+    """
+    if author is None:
+        ident = subprocess.run(
+            ["git", "var", "GIT_AUTHOR_IDENT"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if ident.returncode != 0:
+            raise ForkBuildError(
+                "no git identity to author the pull request with: set git's "
+                "user.name and user.email, or pass --author 'Name <email>'"
+            )
+        author = ident.stdout.rsplit(" ", 2)[0]
+    name, _, email = author.partition(" <")
+    if not name or not email.endswith(">"):
+        raise ForkBuildError(f"--author must be 'Name <email>', not {author!r}")
+    identity = {"NAME": name, "EMAIL": email[:-1]}
+    identity["DATE"] = date or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        f"GIT_{who}_{what}": value
+        for who in ("AUTHOR", "COMMITTER")
+        for what, value in identity.items()
+    }
+
+
 def cmd_pr(args: argparse.Namespace) -> None:
     out = Path(args.output).resolve()
     if out.exists():
         shutil.rmtree(out)
+    env = pr_identity(args.author, args.date)
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "fastapi"
-        build_work_tree(tree, upstream_only=True)
+        build_pr_tree(tree, env)
         git(tree, *FORMAT_PATCH, "--numbered", "-o", str(out), f"{UPSTREAM_TAG}..HEAD")
+    shutil.copyfile(ROOT / "docs" / "pr" / "PR.md", out / "PR.md")
     print(f"{out}: apply with 'git am {out}/*.patch' on fastapi's 0.165.0 source")
 
 
@@ -494,6 +624,8 @@ def main(argv: list[str] | None = None) -> None:
     check.set_defaults(func=cmd_check)
     pr = sub.add_parser("pr")
     pr.add_argument("--output", default=str(ROOT / "dist" / "pr"))
+    pr.add_argument("--author", help="'Name <email>' (default: your git identity)")
+    pr.add_argument("--date", help="the commits' date (default: now)")
     pr.set_defaults(func=cmd_pr)
     testdir = sub.add_parser("testdir")
     testdir.add_argument("dest")

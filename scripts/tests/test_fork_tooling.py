@@ -1,6 +1,7 @@
 """Tests of the fork's build backend and developer tooling (not of FastAPI)."""
 
 import email
+import email.policy
 import io
 import os
 import re
@@ -275,9 +276,41 @@ def test_series_must_mark_the_version(repo: Path, tmp_path: Path):
 
 def test_pr_export_applies_with_git_am_on_pristine_source(tmp_path: Path):
     out = tmp_path / "pr"
-    fork.main(["pr", "--output", str(out)])
-    # Fork packaging (the version mark) is not part of the upstream change.
-    assert not any(fork.NOT_FOR_UPSTREAM in p.read_text() for p in out.glob("*"))
+    fork.main(
+        [
+            "pr",
+            "--output",
+            str(out),
+            "--author",
+            "Ada Lovelace <ada@example.com>",
+            "--date",
+            "2026-11-25T10:00:00Z",
+        ]
+    )
+    patches = sorted(out.glob("*.patch"))
+    texts = [p.read_text() for p in patches]
+    # Fork packaging (the version mark) and fork vocabulary stay out.
+    for text in texts:
+        assert fork.NOT_FOR_UPSTREAM not in text
+        assert "Upstream-Status" not in text
+        assert "From: Ada Lovelace <ada@example.com>" in text
+        assert "Date: Wed, 25 Nov 2026 10:00:00 +0000" in text
+    subjects = [
+        str(email.message_from_string(t, policy=email.policy.default)["Subject"])
+        for t in texts
+    ]
+    # FastAPI's convention: one gitmoji, then the imperative title.
+    assert all(re.match(r"\[PATCH \d+/\d+\] [^\x00-\x7f]+ [A-Z]", s) for s in subjects), (
+        subjects
+    )
+    # The new module comes just before the first patch that imports it.
+    module_commit = next(i for i, t in enumerate(texts) if "b/fastapi/dependencies/lifespan.py" in t)
+    assert "fastapi.dependencies.lifespan" not in "".join(texts[:module_commit])
+    assert "from fastapi.dependencies.lifespan import" in texts[module_commit + 1]
+    # Fork-only tests are not part of it.
+    assert not any("test_dependency_lifespan_scope_servers" in t for t in texts)
+    assert not any("test_dependency_lifespan_scope_properties" in t for t in texts)
+    assert (out / "PR.md").read_text() == (ROOT / "docs" / "pr" / "PR.md").read_text()
     pristine = tmp_path / "pristine"
     pristine.mkdir()
     fork_backend.unpack_sdist(
@@ -286,11 +319,22 @@ def test_pr_export_applies_with_git_am_on_pristine_source(tmp_path: Path):
     fork.git(pristine, "init", "-q")
     fork.git(pristine, "add", "-A")
     fork.git(pristine, "commit", "-q", "-m", "fastapi 0.165.0")
-    fork.git(pristine, "am", "--quiet", *sorted(map(str, out.glob("*.patch"))))
+    fork.git(pristine, "am", "--quiet", *map(str, patches))
     expected = tmp_path / "expected"
-    fork.build_work_tree(expected, upstream_only=True)
+    fork.build_pr_tree(expected, fork.pr_identity("A <a@example.com>", None))
     assert fork.compare_trees(expected, pristine) == []
     assert "lifespan" in (pristine / "fastapi" / "params.py").read_text()
+
+
+def test_pr_author_defaults_to_the_git_identity(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Grace Hopper")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "grace@example.com")
+    identity = fork.pr_identity(None, None)
+    assert identity["GIT_AUTHOR_NAME"] == identity["GIT_COMMITTER_NAME"] == "Grace Hopper"
+    assert identity["GIT_AUTHOR_EMAIL"] == "grace@example.com"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", identity["GIT_AUTHOR_DATE"])
+    with pytest.raises(ForkBuildError, match="must be 'Name <email>'"):
+        fork.pr_identity("nobody", None)
 
 
 def round_trip_differences(tmp_path: Path) -> list[str]:
