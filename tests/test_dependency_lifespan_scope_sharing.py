@@ -22,10 +22,6 @@ def uses_shared(value: Shared) -> int:
     return value
 
 
-def uses_own(value: Own) -> int:
-    return value
-
-
 def request_scoped(shared: Shared) -> int:
     return shared
 

@@ -1,9 +1,23 @@
+import importlib
+
+import pytest
 from fastapi.testclient import TestClient
 
-from docs_src.lifespan_scoped_dependencies import tutorial005 as mod
+
+@pytest.fixture(
+    name="mod",
+    params=[
+        pytest.param("tutorial005"),
+        pytest.param("tutorial005_non_an"),
+    ],
+)
+def get_mod(request: pytest.FixtureRequest):
+    return importlib.import_module(
+        f"docs_src.lifespan_scoped_dependencies.{request.param}"
+    )
 
 
-def test_override_in_tests():
+def test_override_in_tests(mod):
     pools_before = len(mod.test_pools)
     mod.test_read_items()
     # The override was set up at startup and closed at shutdown, once.

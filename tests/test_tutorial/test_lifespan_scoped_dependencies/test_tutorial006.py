@@ -1,11 +1,24 @@
+import importlib
+
 import pytest
 from fastapi.testclient import TestClient
 
-from docs_src.lifespan_scoped_dependencies.tutorial006 import app
+
+@pytest.fixture(
+    name="mod",
+    params=[
+        pytest.param("tutorial006"),
+        pytest.param("tutorial006_non_an"),
+    ],
+)
+def get_mod(request: pytest.FixtureRequest):
+    return importlib.import_module(
+        f"docs_src.lifespan_scoped_dependencies.{request.param}"
+    )
 
 
-def test_startup_and_shutdown_order(capsys: pytest.CaptureFixture[str]):
-    with TestClient(app) as client:
+def test_startup_and_shutdown_order(mod, capsys: pytest.CaptureFixture[str]):
+    with TestClient(mod.app) as client:
         response = client.get("/items/")
         assert response.json() == {"database_url": "sqlite:///./app.db"}
     assert capsys.readouterr().out.splitlines() == [
