@@ -88,26 +88,14 @@ class User:
         """A fresh venv with the newest pip, pip==PIP, or (None) the one venv gives."""
         path = self.home / name
         self.run(python, "-m", "venv", path)
-        if pip == "newest":
-            self.run(
-                path / "bin" / "python",
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--upgrade",
-                "pip",
-            )
-        elif pip is not None:
-            self.run(
-                path / "bin" / "python",
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                f"pip=={pip}",
-            )
+        if pip is not None:
+            requirement = "pip" if pip == "newest" else f"pip=={pip}"
+            self.pip(path, "--upgrade", requirement)
         return path
+
+    def pip(self, venv: Path, *args: str) -> None:
+        """`pip install --quiet ARGS` in a venv."""
+        self.run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", *args)
 
     def clone(self, source: Path) -> Path:
         path = self.home / "fastapi-fork"
@@ -117,15 +105,7 @@ class User:
     def tool(self, package: str) -> Path:
         """The newest release of a front-end, in a venv of its own; its bin/."""
         path = self.venv(f"tool-{package}")
-        self.run(
-            path / "bin" / "python",
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--upgrade",
-            package,
-        )
+        self.pip(path, "--upgrade", package)
         return path / "bin"
 
     @property
