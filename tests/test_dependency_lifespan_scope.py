@@ -208,7 +208,7 @@ def test_unknown_scope_warns_with_the_accepted_values_and_runs_as_upstream():
 
     with pytest.warns(UserWarning, match="'function', 'request', 'lifespan'") as warned:
         # A typo: upstream accepts it and runs the dependency for each request.
-        depends = Depends(per_request, scope="Request")  # type: ignore[arg-type]
+        depends = Depends(per_request, scope="Request")  # type: ignore[arg-type]  # ty: ignore[invalid-argument-type]
     assert "Unknown dependency scope 'Request'" in str(warned[0].message)
     assert warned[0].filename == __file__
     app = FastAPI()

@@ -1,5 +1,5 @@
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -33,7 +33,7 @@ def test_async_generator_lifespan_runs_around_the_dependencies():
         yield {"config": "ready"}
         events.append("app shutdown")
 
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=lifespan)  # type: ignore[arg-type]  # ty: ignore[invalid-argument-type]
     add_route(app, events)
     with TestClient(app) as client:
         assert client.get("/").json() == {"resource": "resource", "config": "ready"}
@@ -48,7 +48,7 @@ def test_sync_generator_lifespan():
         yield
         events.append("app shutdown")
 
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=lifespan)  # type: ignore[arg-type]  # ty: ignore[invalid-argument-type]
     add_route(app, events)
     with TestClient(app) as client:
         assert client.get("/").json() == {"resource": "resource", "config": None}
@@ -63,13 +63,13 @@ def test_context_manager_lifespan_and_included_router_lifespans():
     events: list[str] = []
 
     @asynccontextmanager
-    async def app_lifespan(app: FastAPI) -> AsyncIterator[dict[str, str]]:
+    async def app_lifespan(app: FastAPI) -> AsyncGenerator[dict[str, str]]:
         events.append("app startup")
         yield {"config": "app"}
         events.append("app shutdown")
 
     @asynccontextmanager
-    async def router_lifespan(app: FastAPI) -> AsyncIterator[dict[str, str]]:
+    async def router_lifespan(app: FastAPI) -> AsyncGenerator[dict[str, str]]:
         events.append("router startup")
         yield {"router": "router"}
         events.append("router shutdown")
@@ -99,7 +99,7 @@ def test_startup_and_shutdown_handlers():
             on_shutdown=[lambda: events.append("on_shutdown")],
         )
 
-        @app.on_event("startup")
+        @app.on_event("startup")  # ty: ignore[deprecated]
         def startup() -> None:
             events.append("on_event startup")
 
@@ -126,7 +126,7 @@ def test_startup_code_prepares_what_dependencies_need():
     def get_dsn() -> str:
         return config["dsn"]
 
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=lifespan)  # type: ignore[arg-type]  # ty: ignore[invalid-argument-type]
 
     @app.get("/")
     def read(dsn: Annotated[str, Depends(get_dsn, scope="lifespan")]) -> str:
@@ -152,7 +152,7 @@ def test_sync_code_runs_in_the_thread_pool():
         threads["loop"] = threading.get_ident()
         yield
 
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=lifespan)  # type: ignore[arg-type]  # ty: ignore[invalid-argument-type]
 
     @app.get("/")
     def read(

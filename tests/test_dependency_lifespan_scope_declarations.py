@@ -307,7 +307,9 @@ def declare(place: str, dependency: Any, style: str) -> None:
 @pytest.mark.parametrize("style", ["annotated", "default"])
 @pytest.mark.parametrize("depth", [1, 3])
 @pytest.mark.parametrize(
-    ("need", "parameter", "words"), NEEDS, ids=[need.__name__ for need, *_ in NEEDS]
+    ("need", "parameter", "words"),
+    NEEDS,
+    ids=[need.__name__ for need, *_ in NEEDS],  # ty: ignore[missing-attribute]
 )
 def test_forbidden_declaration_raises_at_definition(
     need: Callable[..., Any],
@@ -331,8 +333,8 @@ def test_forbidden_declaration_raises_at_definition(
     assert words in message
     steps = [name, *(f"value=level{level}" for level in range(2, depth))]
     if depth > 1:
-        steps.append(f"value={need.__name__}")
-    if need.__name__.startswith("security"):
+        steps.append(f"value={need.__name__}")  # ty: ignore[missing-attribute]
+    if need.__name__.startswith("security"):  # ty: ignore[missing-attribute]
         steps.append(f"{parameter}=OAuth2PasswordBearer")
     elif "depends on" in words:
         steps.append("value=request_scoped")

@@ -1,4 +1,5 @@
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, Request
@@ -99,7 +100,7 @@ def needs_query_deeper(
     ],
 )
 def test_override_of_a_sub_dependency_needing_request_data_fails_startup(
-    replacement: object, need: str, chain: str
+    replacement: Callable[..., Any], need: str, chain: str
 ):
     app = make_app()
     app.dependency_overrides[get_settings] = replacement

@@ -114,7 +114,9 @@ def build(graph: Graph, log: list[tuple[str, Any]]) -> tuple[list[Any], dict[Any
     def depends(index: int) -> Any:
         node = nodes[index]
         return Depends(
-            functions[index], scope=SCOPES[node.kind], use_cache=node.use_cache
+            functions[index],
+            scope=SCOPES[node.kind],  # ty: ignore[invalid-argument-type]
+            use_cache=node.use_cache,
         )
 
     def make_dependency(index: int) -> Any:
@@ -174,7 +176,7 @@ def build(graph: Graph, log: list[tuple[str, Any]]) -> tuple[list[Any], dict[Any
             return instance
 
         if not needs_request:
-            replacement.__signature__ = inspect.Signature([])  # type: ignore[attr-defined]
+            replacement.__signature__ = inspect.Signature([])  # type: ignore[attr-defined]  # ty: ignore[missing-attribute]
         overrides[functions[index]] = replacement
     return [depends(index) for index in range(len(nodes))], overrides
 
@@ -301,7 +303,7 @@ def test_random_dependency_graphs(graph: Graph):
     def endpoint(**kwargs: Instance) -> list[int]:
         return [kwargs[f"p{position}"].serial for position in range(len(top))]
 
-    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # ty: ignore[missing-attribute]
         [
             inspect.Parameter(
                 f"p{position}",

@@ -1,5 +1,6 @@
 import asyncio
 import time
+from collections.abc import MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -95,10 +96,10 @@ async def run_lifespan(app: FastAPI) -> list[str]:
     sent: list[str] = []
     messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> MutableMapping[str, Any]:
         return messages.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message["type"])
 
     await app({"type": "lifespan", "state": {}}, receive, send)
@@ -192,7 +193,7 @@ def test_hung_teardown_is_interrupted_by_a_cancel_scope(backend: str):
     async def main() -> None:
         send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message["type"])
 
         async with send_stream, receive_stream, anyio.create_task_group() as tg:

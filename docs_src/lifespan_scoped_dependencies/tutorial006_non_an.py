@@ -1,4 +1,5 @@
 from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI
 
 config = {}
