@@ -1,8 +1,7 @@
 """
-Our docs pages can't be built here: upstream's sdist has no docs configuration
-(mkdocs.yml / nav), so the assembled docs can't be rendered. Instead, check what
-a build would: every example a page includes exists, every highlighted line is
-in it, and every example of ours is included by a page.
+What a page includes, checked without building it (test_docs_build.py builds and
+renders the pages): every example a page includes exists, every highlighted line
+is in it, every example of ours is included by a page and has a test.
 """
 
 import re
