@@ -91,7 +91,7 @@ def test_includes_are_tabs_and_blocks_are_admonitions(built: Path):
     assert re.findall(
         r'<div class="admonition (\w+)">\n<p class="admonition-title">([^<]*)</p>', page
     ) == [(kind, title or kind.capitalize()) for kind, title in blocks]
-    assert ("note", "Technical Details") in blocks
+    assert blocks, "the page has no admonition: the comparison above checks nothing"
     assert not re.search(r"^\s*///", re.sub(r"<[^>]+>", "", page), re.MULTILINE)
 
 
