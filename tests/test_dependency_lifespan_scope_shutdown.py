@@ -228,3 +228,70 @@ def test_hung_teardown_is_interrupted_by_a_cancel_scope(backend: str):
         "first down",
         "app shutdown",
     ]
+
+
+class ServerGone(Exception):
+    pass
+
+
+def test_lifespan_ended_while_running_still_tears_everything_down():
+    events: list[str] = []
+    app = make_app(events, raise_runtime_error)
+    sent: list[str] = []
+    received = 0
+
+    async def receive() -> MutableMapping[str, Any]:
+        nonlocal received
+        received += 1
+        if received == 1:
+            return {"type": "lifespan.startup"}
+        # The server fails (or the task is cancelled) while the app runs.
+        raise ServerGone()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message["type"])
+
+    async def main() -> None:
+        with pytest.raises(ServerGone) as exc:
+            await app({"type": "lifespan", "state": {}}, receive, send)
+        assert exc.value.__notes__ == [
+            "Another lifespan dependency teardown failed: "
+            "TeardownError('teardown boom')"
+        ]
+
+    asyncio.run(main())
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.failed"]
+    # The error is then thrown into the app's own lifespan at its `yield`, as
+    # upstream does: without try/finally, its shutdown code doesn't run.
+    assert events == FULL_RUN[:-1]
+
+
+def test_lifespan_cancelled_while_running_still_tears_everything_down():
+    events: list[str] = []
+    app = make_app(events, lambda: None)
+
+    async def main() -> None:
+        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
+        sent: list[str] = []
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message["type"])
+
+        async with send_stream, receive_stream:
+            await send_stream.send({"type": "lifespan.startup"})
+            with anyio.CancelScope() as scope:
+
+                async def cancel_once_started() -> None:
+                    while not sent:
+                        await anyio.sleep(0.01)
+                    scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_once_started)
+                    await app(
+                        {"type": "lifespan", "state": {}}, receive_stream.receive, send
+                    )
+        assert sent[0] == "lifespan.startup.complete"
+
+    anyio.run(main)
+    assert events == FULL_RUN[:-1]
