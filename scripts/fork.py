@@ -22,6 +22,16 @@ python scripts/fork.py pr [--output dist/pr] [--author "NAME <EMAIL>"] [--date D
     it, then the tests and the docs, without the tests listed as fork-only in
     pyproject.toml), authored by your git identity (or --author) at the current
     time (or --date), and its description, PR.md (from docs/pr/PR.md).
+python scripts/fork.py pr-check [--python PY] [--workdir DIR]
+    Check the upstream pull request as a FastAPI maintainer's CI would, with PY
+    (default: this Python; it needs requirements-tests.txt, ty among them): its
+    format-patch applies with git am --3way to pristine upstream and git diff
+    --check is clean; each commit, in order, imports, passes upstream's lint
+    (mypy, ruff; ty with no diagnostic pristine upstream lacks) and the tests it
+    adds or changes; the last one passes upstream's whole suite with the PR's
+    tests, with upstream's pytest and coverage settings, and runs every line the
+    PR adds. Packages that upstream's tests don't install can't be imported in
+    its test runs. Its files go to a temporary folder, or to DIR (kept).
 python scripts/fork.py testdir DEST [--pristine]
     Lay out the folder the test suite runs from: the assembled (or pristine)
     tests/, docs_src/, scripts/, docs/ and pyproject.toml, without fastapi/, so
@@ -45,13 +55,18 @@ import argparse
 import difflib
 import filecmp
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -476,6 +491,593 @@ def cmd_pr(args: argparse.Namespace) -> None:
     print(f"{out}: apply with 'git am {out}/*.patch' on fastapi's 0.165.0 source")
 
 
+# The pull request check (pr-check): the PR's commits, built with a fixed identity
+# so that the check's tree is the same whoever runs it.
+PR_CHECK_AUTHOR = "FastAPI fork check <check@example.invalid>"
+PR_CHECK_DATE = "2026-01-01T00:00:00Z"
+# Upstream's scripts/lint.sh, but for `ty check`, which pristine upstream does not
+# pass either: the PR may add no diagnostic of its own (see ty_diagnostics()).
+PR_LINT = {
+    "mypy": ["-m", "mypy", "fastapi"],
+    "ruff check": ["-m", "ruff", "check", "fastapi", "tests", "docs_src", "scripts"],
+    "ruff format": ["-m", "ruff", "format", "fastapi", "tests", "--check"],
+}
+TY = ["-m", "ty", "check", "--output-format", "concise", "--color", "never"]
+# Upstream's scripts/test-cov.sh: its scripts/test.sh (PYTHONPATH=./docs_src) with
+# --cov --cov-context=test; its pyproject.toml has the pytest and coverage settings.
+PR_SUITE = [
+    "-m",
+    "pytest",
+    "-n",
+    "auto",
+    "--dist",
+    "loadgroup",
+    "tests",
+    "scripts/tests/",
+    "--cov",
+    "--cov-context=test",
+]
+PYTEST_QUIET = ["-p", "no:cacheprovider", "-p", "no:sugar", "-q"]
+# What upstream's tests may import: its "tests" dependency group, fastapi's own
+# dependencies and the extras the test command installs, with what they need.
+PR_TEST_EXTRAS = ("all", "standard")
+# Also importable: a venv's own installers, and the optional packages that upstream's
+# tests use when they are installed (tests/utils.py: needs_orjson, needs_ujson) and
+# whose branches upstream's coverage counts (requirements-tests.txt has them too).
+ALSO_IMPORTABLE = ("pip", "setuptools", "wheel", "orjson", "ujson")
+# Run by the Python under test: the installed distributions that the requirements
+# (JSON argument: {"roots": [...], "allow": [...]}) do not need, their top-level
+# modules (those no needed distribution shares) and their pytest plugins.
+UNNEEDED_DISTRIBUTIONS = """\
+import json, sys
+from importlib import metadata
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+given = json.loads(sys.argv[1])
+dists = {}
+for dist in metadata.distributions():
+    dists.setdefault(canonicalize_name(dist.metadata["Name"]), dist)
+seen = set()
+todo = [Requirement(r) for r in given["roots"]]
+while todo:
+    req = todo.pop()
+    name = canonicalize_name(req.name)
+    for extra in sorted(req.extras) or [""]:
+        if (name, extra) in seen or name not in dists:
+            continue
+        seen.add((name, extra))
+        for spec in dists[name].requires or []:
+            sub = Requirement(spec)
+            if sub.marker is None or sub.marker.evaluate({"extra": extra}):
+                todo.append(sub)
+needed = {name for name, _ in seen} | {canonicalize_name(n) for n in given["allow"]}
+unneeded = set(dists) - needed
+modules = [
+    module
+    for module, names in metadata.packages_distributions().items()
+    if all(canonicalize_name(n) in unneeded for n in names)
+]
+plugins = [
+    ep.name
+    for ep in metadata.entry_points(group="pytest11")
+    if ep.dist is not None and canonicalize_name(ep.dist.name) in unneeded
+]
+print(json.dumps({"distributions": sorted(unneeded), "modules": sorted(modules),
+                  "plugins": sorted(plugins)}))
+"""
+# On PYTHONPATH for every test run of the check (and the processes they start):
+# the modules of the distributions upstream's tests do not install are not found,
+# as if they were not installed.
+BLOCKER = '''\
+"""Written by scripts/fork.py pr-check: what upstream's tests don't install."""
+
+import sys
+from importlib.machinery import PathFinder
+
+BLOCKED = frozenset({modules!r})
+
+
+class _PathFinderWithoutBlocked(PathFinder):
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in BLOCKED:
+            return None
+        return super().find_spec(fullname, path, target)
+
+
+sys.meta_path[:] = [
+    _PathFinderWithoutBlocked if finder is PathFinder else finder
+    for finder in sys.meta_path
+]
+'''
+# Imports the modules named in its arguments from the current folder (the tree).
+IMPORT_CHECK = """\
+import importlib, sys
+from pathlib import Path
+
+for name in sys.argv[1:]:
+    module = importlib.import_module(name)
+    where = Path(module.__file__).resolve()
+    assert where.is_relative_to(Path.cwd().resolve()), f"{name} from {where}"
+"""
+_TY_LOCATION = re.compile(r"^(?P<path>[^:\s]+):\d+:\d+: (?P<what>.*)$")
+_TY_SUMMARY = re.compile(r"^(Found \d+ diagnostics?|All checks passed!)$")
+_HUNK = re.compile(r"^@@ -\S+ \+(\d+)(?:,(\d+))? @@")
+
+
+def ty_diagnostics(output: str) -> Counter[str]:
+    """
+    `ty check --output-format concise` diagnostics, as "path: severity[rule]
+    message" without line and column, so that a commit that moves code keeps them.
+    """
+    found: Counter[str] = Counter()
+    for line in output.splitlines():
+        line = line.rstrip()
+        if not line or _TY_SUMMARY.match(line):
+            continue
+        match = _TY_LOCATION.match(line)
+        found[f"{match['path']}: {match['what']}" if match else line] += 1
+    return found
+
+
+def new_diagnostics(baseline: Counter[str], found: Counter[str]) -> list[str]:
+    """What `found` has more of than `baseline`."""
+    return sorted((found - baseline).elements())
+
+
+def changed_test_files(names: Iterable[str]) -> list[str]:
+    """The test modules among the paths a commit adds or changes."""
+    return sorted(
+        name
+        for name in names
+        if name.startswith("tests/")
+        and name.rpartition("/")[2].startswith("test_")
+        and name.endswith(".py")
+    )
+
+
+def changed_modules(names: Iterable[str]) -> list[str]:
+    """The fastapi modules among the paths a commit adds or changes."""
+    return sorted(
+        _module_name(name)
+        for name in names
+        if name.startswith("fastapi/") and name.endswith(".py")
+    )
+
+
+def added_lines(diff: str) -> dict[str, set[int]]:
+    """Line numbers that a `git diff -U0` adds or changes, per file (new side)."""
+    lines: dict[str, set[int]] = {}
+    current: set[int] | None = None
+    for line in diff.splitlines():
+        if line.startswith("+++ "):
+            current = None
+            if line.startswith("+++ b/"):
+                current = lines.setdefault(line[len("+++ b/") :], set())
+        elif current is not None and (hunk := _HUNK.match(line)):
+            start, count = int(hunk[1]), int(hunk[2] or "1")
+            current.update(range(start, start + count))
+    return lines
+
+
+def upstream_test_requirements(pyproject: dict[str, Any]) -> list[str]:
+    """
+    What upstream's tests run with: its "tests" dependency group (with the groups
+    it includes), fastapi's dependencies and the extras in PR_TEST_EXTRAS.
+    """
+    groups = pyproject["dependency-groups"]
+
+    def group(name: str) -> list[str]:
+        requirements: list[str] = []
+        for item in groups[name]:
+            if isinstance(item, dict):
+                requirements += group(item["include-group"])
+            else:
+                requirements.append(item)
+        return requirements
+
+    project = pyproject["project"]
+    extras = project["optional-dependencies"]
+    return [
+        *project["dependencies"],
+        *(req for extra in PR_TEST_EXTRAS for req in extras[extra]),
+        *group("tests"),
+    ]
+
+
+def _pinned(requirement: str, root: Path = ROOT) -> str | None:
+    """The version requirements-tests.txt pins for `requirement`, if any."""
+    for line in (root / "requirements-tests.txt").read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep and name.strip().lower() == requirement:
+            return version.strip()
+    return None
+
+
+def _run(
+    cwd: Path, command: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _hidden_from_mypy(name: str) -> bool:
+    """
+    Whether pr-check's mypy leaves out a site-packages entry: the installed fastapi
+    (not fastapi_cli, ...) and the .pth files (an editable fastapi's among them).
+    """
+    return (
+        name == "fastapi"
+        or re.fullmatch(r"fastapi-[^-]+\.(dist|egg)-info", name) is not None
+        or (name.startswith(("__editable__", "_editable_impl_")) and "fastapi" in name)
+        or name.endswith(".pth")
+    )
+
+
+def _and_modules(count: int) -> str:
+    if count == 0:
+        return ""
+    return (
+        " and the module it changes"
+        if count == 1
+        else f" and the {count} modules it changes"
+    )
+
+
+def _last_line(output: str) -> str:
+    return output.strip().rpartition("\n")[2]
+
+
+def _tail(text: str, count: int = 20) -> str:
+    lines = text.rstrip().splitlines()
+    shown = lines[-count:]
+    more = (
+        [f"[... {len(lines) - count} more lines above]"] if len(lines) > count else []
+    )
+    return "\n".join("    " + line for line in more + shown)
+
+
+class PrCheck:
+    """The state of one pr-check run: the tree, the Python, the baseline."""
+
+    def __init__(self, python: str, work: Path, root: Path = ROOT) -> None:
+        self.python = python
+        self.work = work
+        self.root = root
+        self.tree = work / "fastapi"
+        self.mypy_python = ""
+        self.problems: list[str] = []
+        self.ty_baseline: Counter[str] = Counter()
+        self.blocked_plugins: list[str] = []
+        self.test_env = dict(os.environ)
+
+    def py(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return _run(self.tree, [self.python, *args], env)
+
+    def build(self) -> list[str]:
+        """The PR tree; its commits, oldest first. Checks that it exports cleanly."""
+        env = pr_identity(PR_CHECK_AUTHOR, PR_CHECK_DATE)
+        build_pr_tree(self.tree, env, self.root)
+        commits = git(
+            self.tree, "rev-list", "--reverse", f"{UPSTREAM_TAG}..HEAD"
+        ).split()
+        whitespace = _run(
+            self.tree,
+            ["git", "diff", "--check", UPSTREAM_TAG, "HEAD"],
+            {**os.environ, **TOOL_ENV},
+        )
+        if whitespace.returncode != 0:
+            self.problems.append(
+                "git diff --check: whitespace errors in the PR\n"
+                + _tail(whitespace.stdout)
+            )
+        patches = self.work / "patches"
+        git(self.tree, *FORMAT_PATCH, "-o", str(patches), f"{UPSTREAM_TAG}..HEAD")
+        fresh = self.work / "am-check"
+        _pristine_repository(fresh, self.root)
+        try:
+            git(fresh, "am", "--3way", "--quiet", *map(str, sorted(patches.iterdir())))
+        except ForkBuildError as exc:
+            raise ForkBuildError(
+                f"the PR's format-patch does not apply with git am --3way: {exc}"
+            ) from None
+        tree_of = [git(t, "rev-parse", "HEAD^{tree}") for t in (self.tree, fresh)]
+        if tree_of[0] != tree_of[1]:
+            self.problems.append(
+                "git am --3way of the PR's format-patch gives another tree"
+            )
+        shutil.rmtree(fresh)
+        print(
+            f"PR tree: {len(commits)} commits on {UPSTREAM_TAG} in {self.tree}; its "
+            "format-patch applies with git am --3way to a fresh pristine repository "
+            "(same tree); git diff --check: "
+            + ("clean" if whitespace.returncode == 0 else "FAILED")
+        )
+        return commits
+
+    def prepare_tests(self) -> None:
+        """Make the packages that upstream's tests don't install unimportable."""
+        with (self.tree / "pyproject.toml").open("rb") as f:
+            roots = upstream_test_requirements(tomllib.load(f))
+        given = {"roots": roots, "allow": ["fastapi", *ALSO_IMPORTABLE]}
+        result = self.py("-c", UNNEEDED_DISTRIBUTIONS, json.dumps(given))
+        if result.returncode != 0:
+            raise ForkBuildError(
+                "could not list the packages upstream's tests don't install:\n"
+                + _tail(result.stdout + result.stderr)
+            )
+        unneeded = json.loads(result.stdout)
+        blocker = self.work / "blocker"
+        blocker.mkdir()
+        modules = frozenset(unneeded["modules"])
+        (blocker / "sitecustomize.py").write_text(
+            BLOCKER.format(modules=sorted(modules))
+        )
+        self.blocked_plugins = unneeded["plugins"]
+        self.test_env = {
+            **os.environ,
+            # Upstream's scripts/test.sh; CONTEXT is what its coverage settings read.
+            "PYTHONPATH": f"./docs_src{os.pathsep}{blocker}",
+            "CONTEXT": "pr-check",
+        }
+        if modules:
+            probe = f"import importlib.util as u; assert u.find_spec({min(modules)!r}) is None"
+            if self.py("-c", probe, env=self.test_env).returncode != 0:
+                raise ForkBuildError(f"the import blocker did not hide {min(modules)}")
+        print(
+            "not importable in the tests (installed, but not in upstream's tests "
+            f"group or fastapi[{','.join(PR_TEST_EXTRAS)}]): "
+            + (", ".join(unneeded["distributions"]) or "nothing")
+        )
+
+    def pytest_args(self) -> list[str]:
+        return [arg for name in self.blocked_plugins for arg in ("-p", f"no:{name}")]
+
+    def prepare_mypy(self) -> None:
+        """
+        A Python for mypy to find the installed packages with, but not fastapi:
+        mypy would take a module missing from the tree's fastapi package from an
+        installed fastapi (the fork's), where Python (and ty) would not.
+        """
+        shadow = self.work / "site-packages-without-fastapi"
+        shadow.mkdir()
+        where = "import json, site; print(json.dumps(site.getsitepackages()))"
+        for folder in json.loads(self.py("-c", where).stdout):
+            for entry in sorted(Path(folder).iterdir()):
+                if (
+                    not _hidden_from_mypy(entry.name)
+                    and not (shadow / entry.name).exists()
+                ):
+                    (shadow / entry.name).symlink_to(entry)
+        env = self.work / "mypy-python"
+        subprocess.run(
+            [self.python, "-m", "venv", "--without-pip", str(env)], check=True
+        )
+        self.mypy_python = str(env / "bin" / "python")
+        site = _run(self.work, [self.mypy_python, "-c", where]).stdout
+        (Path(json.loads(site)[0]) / "installed.pth").write_text(f"{shadow}\n")
+        hidden = "import importlib.util as u; assert u.find_spec('fastapi') is None"
+        if _run(env, [self.mypy_python, "-c", hidden]).returncode != 0:
+            raise ForkBuildError(f"{self.mypy_python} still finds an installed fastapi")
+
+    def mypy(self) -> list[str]:
+        cache = str(self.work / "mypy-cache")
+        options = ["--python-executable", self.mypy_python, "--cache-dir", cache]
+        return [*PR_LINT["mypy"], *options]
+
+    def ty(
+        self, result: subprocess.CompletedProcess[str] | None = None
+    ) -> Counter[str]:
+        """ty's diagnostics, from `result` (a run of TY) or from a run of it now."""
+        result = result or self.py(*TY, "--python", self.python)
+        if result.returncode not in (0, 1):
+            raise ForkBuildError(
+                "ty check did not run:\n" + _tail(result.stdout + result.stderr)
+            )
+        return ty_diagnostics(result.stdout)
+
+    def baseline(self) -> None:
+        """mypy passes on pristine upstream; ty's diagnostics there are the baseline."""
+        git(self.tree, "checkout", "-q", UPSTREAM_TAG)
+        version = self.py("-m", "ty", "--version")
+        if version.returncode != 0:
+            raise ForkBuildError(
+                f"ty is not installed for {self.python}: pip install -r "
+                "requirements-tests.txt"
+            )
+        pin = _pinned("ty", self.root)
+        found = version.stdout.split()[-1]
+        if pin is not None and found != pin:
+            raise ForkBuildError(
+                f"ty {found} for {self.python}, but requirements-tests.txt pins {pin}"
+            )
+        mypy = self.py(*self.mypy())
+        if mypy.returncode != 0:
+            raise ForkBuildError(
+                "mypy fails on pristine upstream:\n" + _tail(mypy.stdout + mypy.stderr)
+            )
+        self.ty_baseline = self.ty()
+        print(
+            f"pristine upstream: mypy passes; ty {found}: "
+            f"{sum(self.ty_baseline.values())} diagnostics (the baseline)"
+        )
+
+    def commit(self, index: int, count: int, commit: str) -> None:
+        """One commit of the PR: imports, lint, ty, the tests it adds or changes."""
+        began = time.monotonic()
+        git(self.tree, "checkout", "-q", commit)
+        subject = git(self.tree, "log", "-1", "--format=%s").strip()
+        diff = ["diff", "--name-only", "--no-renames", "--diff-filter=d"]
+        names = git(self.tree, *diff, f"{commit}~1", commit).splitlines()
+        passed: list[str] = []
+        failed: list[str] = []
+
+        def check(what: str, returncode: int, output: str) -> None:
+            if returncode == 0:
+                passed.append(what)
+                return
+            failed.append(what)
+            self.problems.append(
+                f'commit {index}/{count} {commit[:7]} "{subject}": {what} failed\n'
+                + _tail(output)
+            )
+
+        modules = changed_modules(names)
+        checks: dict[str, tuple[list[str], dict[str, str] | None]] = {
+            "import fastapi" + _and_modules(len(modules)): (
+                ["-W", "error", "-c", IMPORT_CHECK, "fastapi", *modules],
+                self.test_env,
+            ),
+            "mypy": (self.mypy(), None),
+            "ruff check": (PR_LINT["ruff check"], None),
+            "ruff format": (PR_LINT["ruff format"], None),
+            "ty": ([*TY, "--python", self.python], None),
+        }
+        # Side by side: mypy is single-threaded.
+        with ThreadPoolExecutor(len(checks)) as pool:
+            running = {
+                what: pool.submit(self.py, *args, env=env)
+                for what, (args, env) in checks.items()
+            }
+        results = {what: future.result() for what, future in running.items()}
+        ty = results.pop("ty")
+        for what, result in results.items():
+            check(what, result.returncode, result.stdout + result.stderr)
+        new = new_diagnostics(self.ty_baseline, self.ty(ty))
+        check("ty", int(bool(new)), "new diagnostics:\n" + "\n".join(new))
+        tests = changed_test_files(names)
+        if tests:
+            pytest = [*PR_SUITE[:2], *PYTEST_QUIET, *self.pytest_args(), *tests]
+            result = self.py(*pytest, env=self.test_env)
+            what = (
+                f"the {len(tests)} test files it changes ({_last_line(result.stdout)})"
+            )
+            check(what, result.returncode, result.stdout + result.stderr)
+        outcome = f"FAILED {', '.join(failed)}; passed" if failed else "ok:"
+        untested = "" if tests else ", no test file changed"
+        print(
+            f"[{index}/{count}] {commit[:7]} {subject}: {outcome} "
+            f"{', '.join(passed)}{untested} ({time.monotonic() - began:.0f}s)",
+            flush=True,
+        )
+
+    def final_suite(self, head: str) -> None:
+        """Upstream's suite and the PR's tests, once, on the PR's last commit."""
+        began = time.monotonic()
+        git(self.tree, "checkout", "-q", head)
+        self.py("-m", "coverage", "erase")
+        log = self.work / "pytest.log"
+        command = [self.python, *PR_SUITE, *PYTEST_QUIET, "-rfE", *self.pytest_args()]
+        with log.open("w") as out:
+            suite = subprocess.run(
+                command,
+                cwd=self.tree,
+                env=self.test_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        output = log.read_text()
+        counts = _last_line(output)
+        if suite.returncode != 0:
+            self.problems.append(
+                f"upstream's suite with the PR's tests failed ({counts}), log in "
+                f"{log}:\n" + _tail(output, 60)
+            )
+        print(
+            f"upstream's suite and the PR's tests on the last commit, with upstream's "
+            f"settings: {counts} ({time.monotonic() - began:.0f}s)",
+            flush=True,
+        )
+        self.py("-m", "coverage", "combine", "--quiet")
+        report = self.work / "coverage.json"
+        result = self.py("-m", "coverage", "json", "--quiet", "-o", str(report))
+        if result.returncode != 0:
+            self.problems.append(
+                "coverage json failed:\n" + _tail(result.stdout + result.stderr)
+            )
+            return
+        self.coverage(json.loads(report.read_text()))
+
+    def coverage(self, report: dict[str, Any]) -> None:
+        """Every line the PR adds to a measured file is run (upstream: 100%)."""
+        diff = git(
+            self.tree,
+            "diff",
+            "-U0",
+            "--no-renames",
+            "--src-prefix=a/",
+            "--dst-prefix=b/",
+            "--diff-filter=d",
+            UPSTREAM_TAG,
+            "HEAD",
+            "--",
+            "*.py",
+        )
+        ours = {rel: lines for rel, lines in added_lines(diff).items() if lines}
+        files = report["files"]
+        measured = sorted(rel for rel in ours if rel in files)
+        # Outside the coverage source, or in its omit list (which the PR extends).
+        unmeasured = sorted(rel for rel in ours if rel not in files)
+        missing = []
+        for rel in measured:
+            first_line = statement_of((self.tree / rel).read_text())
+            not_run = set(files[rel]["missing_lines"])
+            missing += [
+                f"{rel}:{n}" for n in sorted(ours[rel]) if first_line(n) in not_run
+            ]
+        if missing:
+            self.problems.append(
+                "coverage: lines the PR adds or changes that are not run (upstream "
+                "requires 100%):\n" + _tail("\n".join(missing))
+            )
+        print(
+            f"coverage: {len(missing) or 'every one'} of the "
+            f"{sum(len(ours[rel]) for rel in measured)} lines the PR adds or changes "
+            f"in {len(measured)} measured files "
+            + ("not run" if missing else "run")
+            + f" (the tree's total: {report['totals']['percent_covered']:.2f}%)"
+            + "; not measured (the tree's coverage settings): "
+            + (", ".join(unmeasured) or "none")
+        )
+
+
+def cmd_pr_check(args: argparse.Namespace) -> None:
+    began = time.monotonic()
+    python = os.path.abspath(args.python)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.workdir is not None:
+            work = Path(args.workdir).resolve()
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+        check = PrCheck(python, work)
+        commits = check.build()
+        check.prepare_tests()
+        check.prepare_mypy()
+        check.baseline()
+        for index, commit in enumerate(commits, 1):
+            check.commit(index, len(commits), commit)
+        check.final_suite(commits[-1])
+    took = f"{time.monotonic() - began:.0f}s"
+    if check.problems:
+        raise ForkBuildError(
+            f"pr-check: {len(check.problems)} problems ({took}):\n\n"
+            + "\n\n".join(check.problems)
+        )
+    print(f"pr-check: every commit of the PR and the final tree pass ({took})")
+
+
 def cmd_testdir(args: argparse.Namespace) -> None:
     dest = Path(args.dest).resolve()
     src = dest.parent / (dest.name + "-src")
@@ -635,6 +1237,10 @@ def main(argv: list[str] | None = None) -> None:
     cover.add_argument("data_file")
     cover.add_argument("--baseline")
     cover.set_defaults(func=cmd_coverage)
+    pr_check = sub.add_parser("pr-check")
+    pr_check.add_argument("--python", default=sys.executable)
+    pr_check.add_argument("--workdir", help="build and keep the check's files here")
+    pr_check.set_defaults(func=cmd_pr_check)
     sub.add_parser("upstream-sdist").set_defaults(func=cmd_upstream_sdist)
     inputs = sub.add_parser("build-inputs")
     inputs.add_argument("extra", nargs="*")
