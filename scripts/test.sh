@@ -11,10 +11,15 @@
 #    fork, both under coverage, run from folders that hold no fastapi/ source.
 # 4. Our tooling's own tests (scripts/tests/), among them the install test: the fork
 #    installed from a fresh clone with empty caches by the newest pip, build and uv.
-# 5. Lint as upstream's scripts/lint.sh does, on the assembled package (mypy, ruff
+# 5. The upstream pull request check (scripts/fork.py pr-check): each commit of the
+#    PR, in order on pristine upstream, imports, passes upstream's lint (ty: no new
+#    diagnostic) and the tests it adds or changes; the last one passes upstream's
+#    whole suite with the PR's tests, upstream's settings and its coverage rule,
+#    without the packages upstream's tests don't install.
+# 6. Lint as upstream's scripts/lint.sh does, on the assembled package (mypy, ruff
 #    check, ruff format --check), and on our tooling.
-# 6. The benchmark in quick mode: it runs and writes its table (no timing asserted).
-# 7. Coverage: every line of our new modules and of our patches is run, and the
+# 7. The benchmark in quick mode: it runs and writes its table (no timing asserted).
+# 8. Coverage: every line of our new modules and of our patches is run, and the
 #    package total is not below pristine upstream's.
 #
 # Every step runs, even after one has failed; the summary at the end lists each
@@ -106,6 +111,10 @@ tooling_tests() {
         tee "$BUILD/tooling-pytest.log"
 }
 
+pr_check() {
+    "$FORK_PY" scripts/fork.py pr-check --python "$FORK_PY" --workdir "$BUILD/pr-check"
+}
+
 lint() {
     (
         cd "$BUILD/fork-src"
@@ -136,15 +145,17 @@ run_step "test folders" test_folders
 run_step "upstream's suite on pristine upstream" run_suite upstream "$UPSTREAM_PY" "$@"
 run_step "upstream's suite and ours on the fork" run_suite fork "$FORK_PY" "$@"
 run_step "tooling tests (with the install test)" tooling_tests
+run_step "upstream PR check (scripts/fork.py pr-check)" pr_check
 run_step "lint (upstream's scripts/lint.sh on the assembled package; our tooling)" lint
 run_step "benchmark, quick mode (runs and writes its table; timings not asserted)" benchmark
 run_step "coverage" coverage
 
 printf '\n=== summary\n'
 printf '%s\n' "${SUMMARY[@]}"
-for name in upstream fork tooling; do
+for name in upstream fork tooling pr-check; do
     case $name in
         tooling) log=$BUILD/tooling-pytest.log ;;
+        pr-check) log=$BUILD/pr-check/pytest.log ;;
         *) log=$BUILD/$name/pytest.log ;;
     esac
     counts=$(grep -E '^[0-9]+ (passed|failed|errors?|skipped|deselected)|^no tests ran' "$log" 2>/dev/null | tail -1)
