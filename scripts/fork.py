@@ -1072,7 +1072,8 @@ def cmd_pr_check(args: argparse.Namespace) -> None:
     took = f"{time.monotonic() - began:.0f}s"
     if check.problems:
         raise ForkBuildError(
-            f"pr-check: {len(check.problems)} problems ({took}):\n\n"
+            f"pr-check: {len(check.problems)} "
+            f"problem{'s' if len(check.problems) > 1 else ''} ({took}):\n\n"
             + "\n\n".join(check.problems)
         )
     print(f"pr-check: every commit of the PR and the final tree pass ({took})")
