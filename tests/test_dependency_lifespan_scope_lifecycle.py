@@ -355,17 +355,42 @@ def test_router_used_as_asgi_app_keeps_upstream_lifespan():
         assert client.app_state == {}
 
 
-def test_startup_failure_keeps_the_original_error_when_teardown_fails():
-    def first():
-        yield "first"
-        raise RuntimeError("teardown failed")
+def sync_failing_teardown():
+    yield "first"
+    raise RuntimeError("teardown failed")
 
+
+async def async_failing_teardown():
+    yield "first"
+    raise RuntimeError("teardown failed")
+
+
+@pytest.mark.parametrize("first", [sync_failing_teardown, async_failing_teardown])
+def test_startup_failure_keeps_the_original_error_when_teardown_fails(first: Any):
     with pytest.raises(RuntimeError, match="cannot connect") as exc:
         with TestClient(app_failing_after(first)):
             pass  # pragma: no cover
     assert exc.value.__notes__ == [
         "Another lifespan dependency teardown failed: RuntimeError('teardown failed')"
     ]
+
+
+def test_runtime_error_in_a_generator_set_up_is_kept_as_is():
+    async def cannot_start():
+        raise RuntimeError("cannot start")
+        yield  # pragma: no cover
+
+    app = FastAPI()
+
+    @app.get("/")
+    def read(value: Annotated[None, Depends(cannot_start, scope="lifespan")]) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(RuntimeError) as exc:
+        with TestClient(app):
+            pass  # pragma: no cover
+    assert str(exc.value) == "cannot start"
+    assert exc.value.__cause__ is None
 
 
 def test_mounted_app_whose_lifespan_is_forwarded_gets_its_own_values():

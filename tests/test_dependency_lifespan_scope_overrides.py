@@ -129,6 +129,14 @@ def test_override_of_a_lifespan_sub_dependency_needing_request_data_fails_startu
     assert events == []
 
 
+def test_without_overrides_the_declared_dependencies_are_set_up():
+    app = make_app()
+    with TestClient(app) as client:
+        assert client.get("/").json() == {"pool": "real", "cache": "cache"}
+        assert events == ["cache up", "settings", "pool up"]
+    assert events == ["cache up", "settings", "pool up", "pool down", "cache down"]
+
+
 def test_override_of_a_sub_dependency_is_set_up_in_its_place():
     app = make_app()
 
