@@ -1,7 +1,7 @@
 import asyncio
 import time
-from collections.abc import MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
@@ -14,17 +14,27 @@ class TeardownError(Exception):
     pass
 
 
+def logging_lifespan(
+    events: list[str],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's own lifespan, with no try/finally around its yield."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
+        events.append("app startup")
+        yield
+        events.append("app shutdown")
+
+    return lifespan
+
+
 def make_app(events: list[str], failing_teardown: Any) -> FastAPI:
     """
     An app whose own lifespan has no try/finally around its yield, with three
     lifespan dependencies: the middle one's teardown is `failing_teardown`.
     """
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        events.append("app startup")
-        yield
-        events.append("app shutdown")
+    lifespan = logging_lifespan(events)
 
     def first():
         events.append("first up")
@@ -156,11 +166,7 @@ def test_teardown_error_and_app_shutdown_error_are_both_kept():
 def test_hung_teardown_is_interrupted_by_a_cancel_scope(backend: str):
     events: list[str] = []
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        events.append("app startup")
-        yield
-        events.append("app shutdown")
+    lifespan = logging_lifespan(events)
 
     def first():
         yield "first"
@@ -237,11 +243,7 @@ class ServerGone(Exception):
 def test_lifespan_ended_while_running_still_tears_everything_down():
     events: list[str] = []
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        events.append("app startup")
-        yield
-        events.append("app shutdown")  # pragma: no cover
+    lifespan = logging_lifespan(events)
 
     def first():
         yield "first"
