@@ -150,9 +150,24 @@ shutdown failures, cancellation, composition with `lifespan=`,
 PR_DOCS_MESSAGE = """\
 📝 Add docs for lifespan-scoped dependencies
 
-A tutorial page after "Dependencies with yield", with tested examples in
-`docs_src/lifespan_scoped_dependencies/` (`Annotated` and `_non_an`
-variants) and their tests under `tests/test_tutorial/`.
+A tutorial page after "Dependencies with yield" (in the nav too), with
+tested examples in `docs_src/lifespan_scoped_dependencies/` (`Annotated`
+and `_non_an` variants) and their tests under `tests/test_tutorial/`.
+"""
+# The docs nav is in docs/en/mkdocs.yml, which the sdist lacks. The PR's docs
+# commit adds our pages to it, after this entry; the pristine repository of the
+# PR has the lines around it, as upstream's main branch has them (2026), so that
+# the commit applies to upstream's repository with `git am --3way` and to ours.
+NAV_FILE = "docs/en/mkdocs.yml"
+DOCS_PAGES = "docs/en/docs/"
+NAV_AFTER = "tutorial/dependencies/dependencies-with-yield.md"
+NAV_EXCERPT = """\
+      - tutorial/dependencies/dependencies-in-path-operation-decorators.md
+      - tutorial/dependencies/global-dependencies.md
+      - tutorial/dependencies/dependencies-with-yield.md
+    - "":
+      - tutorial/security/index.md
+      - tutorial/security/first-steps.md
 """
 # What the test suite needs beside tests/ (upstream's pyproject.toml carries the
 # pytest settings: warnings as errors, strict markers, timeouts).
@@ -212,16 +227,42 @@ def build_inputs_digest(root: Path = ROOT, extra: Iterable[str] = ()) -> str:
     return _digest(root, build_inputs(root), extra)
 
 
-def _pristine_repository(dest: Path, root: Path) -> None:
-    """A git repository of the pristine sdist, tagged "upstream"."""
+def _pristine_repository(dest: Path, root: Path, *, nav: bool = False) -> None:
+    """
+    A git repository of the pristine sdist, tagged "upstream"; with `nav`, also
+    the lines of upstream's docs nav that the PR changes (`NAV_EXCERPT`).
+    """
     upstream = fork_backend.read_upstream(root)
     dest.mkdir(parents=True)
     fork_backend.unpack_sdist(fork_backend.fetch_sdist(upstream), dest)
+    message = f"{upstream.name} {upstream.version}, the pristine sdist"
+    if nav:
+        # Lines before and after the excerpt, as in upstream's file, so that the
+        # PR's hunk is not anchored to the file's start or end.
+        (dest / NAV_FILE).write_text(
+            f"# An excerpt of upstream's {NAV_FILE} (not in the sdist): the nav\n"
+            "# around the place of the PR's page.\n"
+            f"nav:\n{NAV_EXCERPT}# ...\n"
+        )
+        message += f", and an excerpt of upstream's {NAV_FILE} (not in the sdist)"
     git(dest, "init", "-q", "-b", "main")
     (dest / ".git" / "info").mkdir(parents=True, exist_ok=True)
     (dest / ".git" / "info" / "exclude").write_text(WORK_TREE_EXCLUDES)
-    _commit_all(dest, f"{upstream.name} {upstream.version}, the pristine sdist")
+    _commit_all(dest, message)
     git(dest, "tag", UPSTREAM_TAG)
+
+
+def add_to_nav(tree: Path, pages: Iterable[str]) -> None:
+    """Add docs pages (paths under docs/en/docs/) to the nav, after `NAV_AFTER`."""
+    lines = (tree / NAV_FILE).read_text().splitlines(keepends=True)
+    after = next(
+        (i for i, line in enumerate(lines) if line.strip() == f"- {NAV_AFTER}"), None
+    )
+    if after is None:
+        raise ForkBuildError(f"{NAV_FILE} has no nav entry {NAV_AFTER}")
+    indent = lines[after][: len(lines[after]) - len(lines[after].lstrip())]
+    lines[after + 1 : after + 1] = [f"{indent}- {page}\n" for page in pages]
+    (tree / NAV_FILE).write_text("".join(lines))
 
 
 def _apply(dest: Path, patches: list[Path], env: dict[str, str] | None = None) -> None:
@@ -271,7 +312,7 @@ def build_pr_tree(dest: Path, env: dict[str, str], root: Path = ROOT) -> None:
     fork packaging, our new modules added just before the first patch that imports
     them, then the tests, then the docs (examples, their tests, the page).
     """
-    _pristine_repository(dest, root)
+    _pristine_repository(dest, root, nav=True)
     new_files = [
         f for f in fork_backend.overlay_files(root) if f not in fork_only_files(root)
     ]
@@ -299,6 +340,12 @@ def build_pr_tree(dest: Path, env: dict[str, str], root: Path = ROOT) -> None:
     _copy_new_files(root, dest, tests)
     _commit_all(dest, PR_TESTS_MESSAGE, env)
     _copy_new_files(root, dest, docs)
+    pages = [
+        f.removeprefix(DOCS_PAGES)
+        for f in docs
+        if f.startswith(DOCS_PAGES) and f.endswith(".md")
+    ]
+    add_to_nav(dest, pages)
     _commit_all(dest, PR_DOCS_MESSAGE, env)
 
 
@@ -783,7 +830,7 @@ class PrCheck:
         patches = self.work / "patches"
         git(self.tree, *FORMAT_PATCH, "-o", str(patches), f"{UPSTREAM_TAG}..HEAD")
         fresh = self.work / "am-check"
-        _pristine_repository(fresh, self.root)
+        _pristine_repository(fresh, self.root, nav=True)
         try:
             git(fresh, "am", "--3way", "--quiet", *map(str, sorted(patches.iterdir())))
         except ForkBuildError as exc:

@@ -371,7 +371,8 @@ def test_startup_failure_keeps_the_original_error_when_teardown_fails(first: Any
         with TestClient(app_failing_after(first)):
             pass  # pragma: no cover
     assert exc.value.__notes__ == [
-        "Another lifespan dependency teardown failed: RuntimeError('teardown failed')"
+        'while setting up the lifespan-scoped dependency "cannot_connect"',
+        "Another lifespan dependency teardown failed: RuntimeError('teardown failed')",
     ]
 
 
@@ -391,6 +392,63 @@ def test_runtime_error_in_a_generator_set_up_is_kept_as_is():
             pass  # pragma: no cover
     assert str(exc.value) == "cannot start"
     assert exc.value.__cause__ is None
+
+
+class DriverError(Exception):
+    pass
+
+
+def get_settings() -> str:
+    raise DriverError("database does not exist")
+
+
+async def get_pool(settings: Annotated[str, Depends(get_settings)]):
+    yield settings  # pragma: no cover
+
+
+async def get_repository(
+    pool: Annotated[str, Depends(get_pool, scope="lifespan")],
+) -> str:
+    return pool  # pragma: no cover
+
+
+def test_set_up_failure_keeps_its_type_and_names_the_dependency():
+    app = FastAPI()
+
+    @app.get("/")
+    def read(
+        repository: Annotated[str, Depends(get_repository, scope="lifespan")],
+    ) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(DriverError, match="database does not exist") as exc:
+        with TestClient(app):
+            pass  # pragma: no cover
+    # Only the lifespan dependency that failed, not those that need it.
+    assert exc.value.__notes__ == [
+        'while setting up the lifespan-scoped dependency "get_pool"'
+    ]
+
+
+def test_set_up_failure_names_the_replacement_that_failed():
+    async def get_test_pool():
+        raise DriverError("connection refused")
+        yield  # pragma: no cover
+
+    app = FastAPI()
+
+    @app.get("/")
+    def read(pool: Annotated[str, Depends(get_pool, scope="lifespan")]) -> None:
+        pass  # pragma: no cover
+
+    app.dependency_overrides[get_pool] = get_test_pool
+    with pytest.raises(DriverError) as exc:
+        with TestClient(app):
+            pass  # pragma: no cover
+    assert exc.value.__notes__ == [
+        'while setting up the lifespan-scoped dependency "get_test_pool '
+        '(overriding get_pool)"'
+    ]
 
 
 def test_mounted_app_whose_lifespan_is_forwarded_gets_its_own_values():

@@ -293,6 +293,19 @@ def _named(error: BaseException, name: str) -> BaseException:
     return error
 
 
+_SET_UP_NOTE = "while setting up the lifespan-scoped dependency"
+
+
+def _note_failed_set_up(error: Exception, name: str) -> None:
+    """
+    Name the dependency whose set-up failed on the error, which keeps its type
+    (a driver's connection error, say): only the innermost one, which failed.
+    """
+    notes = getattr(error, "__notes__", ())
+    if not any(note.startswith(_SET_UP_NOTE) for note in notes):
+        error.add_note(f'{_SET_UP_NOTE} "{name}"')
+
+
 @dataclass(slots=True)
 class _Solver:
     """Set up the lifespan dependencies of one run: one startup, like one request."""
@@ -310,7 +323,11 @@ class _Solver:
         used = _replacement(dependant, self.overrides)
         instance_key = used.call if _uses_cache(dependant) else key
         if instance_key not in self.instances:
-            self.instances[instance_key] = await self._call(used)
+            try:
+                self.instances[instance_key] = await self._call(used)
+            except Exception as error:
+                _note_failed_set_up(error, _describe(dependant, used))
+                raise
         return self.instances[instance_key]
 
     async def _unscoped_value(self, dependant: Dependant) -> Any:

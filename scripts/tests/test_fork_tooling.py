@@ -316,14 +316,47 @@ def test_pr_export_applies_with_git_am_on_pristine_source(tmp_path: Path):
     fork_backend.unpack_sdist(
         fork_backend.fetch_sdist(fork_backend.read_upstream()), pristine
     )
+    # The sdist has no docs/en/mkdocs.yml: these are the lines of upstream's nav
+    # (main branch, 2026) around the place of the new page, with a line before
+    # and after them that the PR doesn't know.
+    nav = pristine / "docs" / "en" / "mkdocs.yml"
+    nav.write_text(
+        "nav:\n"
+        "      - tutorial/dependencies/dependencies-in-path-operation-decorators.md\n"
+        "      - tutorial/dependencies/global-dependencies.md\n"
+        "      - tutorial/dependencies/dependencies-with-yield.md\n"
+        '    - "":\n'
+        "      - tutorial/security/index.md\n"
+        "      - tutorial/security/first-steps.md\n"
+        "      - tutorial/security/get-current-user.md\n"
+    )
     fork.git(pristine, "init", "-q")
     fork.git(pristine, "add", "-A")
     fork.git(pristine, "commit", "-q", "-m", "fastapi 0.165.0")
-    fork.git(pristine, "am", "--quiet", *map(str, patches))
+    fork.git(pristine, "am", "--3way", "--quiet", *map(str, patches))
+    assert nav.read_text().splitlines()[3:6] == [
+        "      - tutorial/dependencies/dependencies-with-yield.md",
+        "      - tutorial/dependencies/lifespan-scoped-dependencies.md",
+        '    - "":',
+    ]
+    # The nav entry is part of the docs commit.
+    assert "b/docs/en/mkdocs.yml" in texts[-1]
+    assert "b/docs/en/mkdocs.yml" not in "".join(texts[:-1])
     expected = tmp_path / "expected"
     fork.build_pr_tree(expected, fork.pr_identity("A <a@example.com>", None))
-    assert fork.compare_trees(expected, pristine) == []
+    # Only the nav differs outside the excerpt.
+    assert fork.compare_trees(expected, pristine) == ["docs/en/mkdocs.yml"]
+    assert (expected / "docs" / "en" / "mkdocs.yml").read_text().splitlines()[
+        3:10
+    ] == nav.read_text().splitlines()[1:-1]
     assert "lifespan" in (pristine / "fastapi" / "params.py").read_text()
+
+
+def test_add_to_nav_needs_the_entry_it_follows(tmp_path: Path):
+    (tmp_path / "docs" / "en").mkdir(parents=True)
+    (tmp_path / "docs" / "en" / "mkdocs.yml").write_text("nav:\n  - index.md\n")
+    with pytest.raises(ForkBuildError, match="no nav entry"):
+        fork.add_to_nav(tmp_path, ["tutorial/page.md"])
 
 
 def test_pr_author_defaults_to_the_git_identity(tmp_path: Path, monkeypatch):
