@@ -105,6 +105,36 @@ def test_router_mounted_with_mount_belongs_to_the_app_run():
     assert events == ["pool up", "pool down"]
 
 
+def test_router_mounted_with_mount_follows_its_own_overrides_at_startup():
+    # The path operations of a router mounted with mount() don't follow the
+    # app's dependency_overrides in requests (the router has no overrides
+    # provider): the startup sets up what those requests need, the original.
+    events: list[str] = []
+    get_pool = make_pool_dependency(events)
+
+    def get_settings(
+        pool: Annotated[Resource, Depends(get_pool, scope="lifespan", use_cache=False)],
+    ) -> str:
+        return "real settings"
+
+    def fake_settings() -> str:
+        return "fake settings"  # pragma: no cover
+
+    router = APIRouter()
+
+    @router.get("/items")
+    def read(settings: Annotated[str, Depends(get_settings)]) -> str:
+        return settings
+
+    app = FastAPI()
+    app.mount("/api", router)
+    app.dependency_overrides[get_settings] = fake_settings
+    with TestClient(app) as client:
+        assert client.get("/api/items").json() == "real settings"
+        assert events == ["pool up"]
+    assert events == ["pool up", "pool down"]
+
+
 def test_router_mounted_in_an_included_router_belongs_to_the_app_run():
     events: list[str] = []
     get_pool = make_pool_dependency(events)

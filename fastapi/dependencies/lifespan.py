@@ -213,14 +213,25 @@ def _iter_lifespan_dependants(
             )
 
 
+def _overrides_of(route: Any) -> dict[Any, Any]:
+    """
+    The overrides a route's requests follow: those of its overrides provider
+    (the app for the app's routes and included routers; none for the routes of
+    a router mounted with `mount()`, unless the router was given one).
+    """
+    provider = getattr(route, "dependency_overrides_provider", None)
+    return getattr(provider, "dependency_overrides", None) or {}
+
+
 def _iter_router_dependants(
     router: Router, seen: set[int]
-) -> Iterator[tuple[Dependant, bool]]:
+) -> Iterator[tuple[Dependant, bool, dict[Any, Any]]]:
     """
     The dependants declared in a router's tree: those of its routes (included
     routers' and routers mounted with `mount()` too), and the lifespan-scoped
     entries of its and its included routers' `dependencies=` lists, even without
-    routes. Each comes with whether it is such an entry.
+    routes. Each comes with whether it is such an entry, and the dependency
+    overrides that its requests follow.
     """
     # Imported here: fastapi.routing imports this module.
     from fastapi.routing import APIRouter, iter_route_contexts
@@ -236,14 +247,14 @@ def _iter_router_dependants(
     for route in routes:
         dependant = getattr(route, "dependant", None)
         if isinstance(dependant, Dependant):
-            yield dependant, False
+            yield dependant, False, _overrides_of(route)
         # A router mounted with `mount()` has no lifespan of its own: its routes
         # belong to this app's run.
         sub_app = getattr(getattr(route, "original_route", route), "app", None)
         if isinstance(sub_app, Router):
             mounted.append(sub_app)
     for dependant in _iter_listed_dependants(router):
-        yield dependant, True
+        yield dependant, True, _overrides_of(router)
     for sub_router in mounted:
         yield from _iter_router_dependants(sub_router, seen)
 
@@ -269,15 +280,23 @@ def _iter_listed_dependants(router: Router) -> Iterator[Dependant]:
         yield from _iter_listed_dependants(route.original_router)
 
 
-def _declarations(app: Any, overrides: dict[Any, Any]) -> dict[Hashable, Dependant]:
-    """Every lifespan declaration of the app, in order, following overrides."""
-    declarations: dict[Hashable, Dependant] = {}
-    for dependant, is_entry in _iter_router_dependants(app.router, set()):
+# A lifespan declaration and the dependency overrides that its requests follow.
+_Declaration = tuple[Dependant, dict[Any, Any]]
+
+
+def _declarations(app: Any) -> dict[Hashable, _Declaration]:
+    """
+    Every lifespan declaration of the app, in order, following the overrides of
+    the routes that declare it.
+    """
+    declarations: dict[Hashable, _Declaration] = {}
+    for dependant, is_entry, overrides in _iter_router_dependants(app.router, set()):
         if is_entry:
-            declarations.setdefault(lifespan_key(dependant, parent=None), dependant)
+            key = lifespan_key(dependant, parent=None)
+            declarations.setdefault(key, (dependant, overrides))
             continue
         for key, lifespan_dependant in _iter_lifespan_dependants(dependant, overrides):
-            declarations.setdefault(key, lifespan_dependant)
+            declarations.setdefault(key, (lifespan_dependant, overrides))
     return declarations
 
 
@@ -310,7 +329,6 @@ def _note_failed_set_up(error: Exception, name: str) -> None:
 class _Solver:
     """Set up the lifespan dependencies of one run: one startup, like one request."""
 
-    overrides: dict[Any, Any]
     # Exited in reverse order at shutdown: (name, entered context manager).
     teardowns: list[tuple[str, AbstractAsyncContextManager[Any]]]
     # One instance per callable that actually runs (use_cache=True) or per
@@ -319,35 +337,43 @@ class _Solver:
     # The values of unscoped sub-dependencies, cached as within one request.
     cache: dict[Any, Any] = field(default_factory=dict)
 
-    async def lifespan_value(self, dependant: Dependant, key: Hashable) -> Any:
-        used = _replacement(dependant, self.overrides)
+    async def lifespan_value(
+        self, dependant: Dependant, key: Hashable, overrides: dict[Any, Any]
+    ) -> Any:
+        used = _replacement(dependant, overrides)
         instance_key = used.call if _uses_cache(dependant) else key
         if instance_key not in self.instances:
             try:
-                self.instances[instance_key] = await self._call(used)
+                self.instances[instance_key] = await self._call(used, overrides)
             except Exception as error:
                 _note_failed_set_up(error, _describe(dependant, used))
                 raise
         return self.instances[instance_key]
 
-    async def _unscoped_value(self, dependant: Dependant) -> Any:
-        used = _replacement(dependant, self.overrides)
+    async def _unscoped_value(
+        self, dependant: Dependant, overrides: dict[Any, Any]
+    ) -> Any:
+        used = _replacement(dependant, overrides)
         if dependant.use_cache and used.call in self.cache:
             return self.cache[used.call]
-        value = await self._call(used)
+        value = await self._call(used, overrides)
         self.cache.setdefault(used.call, value)
         return value
 
-    async def _call(self, dependant: Dependant) -> Any:
+    async def _call(self, dependant: Dependant, overrides: dict[Any, Any]) -> Any:
         values: dict[str, Any] = {}
         for sub_dependant in dependant.dependencies:
             if sub_dependant.scope == "lifespan":
                 key = lifespan_key(sub_dependant, parent=dependant)
-                value = await self.lifespan_value(sub_dependant, key)
+                value = await self.lifespan_value(sub_dependant, key, overrides)
             else:
-                value = await self._unscoped_value(sub_dependant)
+                value = await self._unscoped_value(sub_dependant, overrides)
             if sub_dependant.name is not None:
                 values[sub_dependant.name] = value
+        return await self._enter(dependant, values)
+
+    async def _enter(self, dependant: Dependant, values: dict[str, Any]) -> Any:
+        """Call the dependency with its arguments; enter it if it's a generator."""
         call = dependant.call
         assert call is not None
         context_manager: AbstractAsyncContextManager[Any]
@@ -388,16 +414,20 @@ class _LifespanRun:
     error: BaseException | None = None
 
     async def set_up(self) -> None:
-        overrides = getattr(self.app, "dependency_overrides", None) or {}
-        declarations = _declarations(self.app, overrides)
+        declarations = _declarations(self.app)
         if not declarations:
             return
         # Everything is checked before anything is set up.
-        checked: set[int] = set()
-        for dependant in declarations.values():
+        checked: dict[int, set[int]] = {}
+        for dependant, overrides in declarations.values():
             used = _replacement(dependant, overrides)
             chain = [_describe(dependant, used)]
-            _check_needs(used, chain=chain, overrides=overrides, checked=checked)
+            _check_needs(
+                used,
+                chain=chain,
+                overrides=overrides,
+                checked=checked.setdefault(id(overrides), set()),
+            )
         if "state" not in self.scope:
             if getattr(self.app, _FALLBACK_ATTRIBUTE, None) is not None:
                 raise FastAPIError(
@@ -409,12 +439,8 @@ class _LifespanRun:
             # Claimed before the first await, so that a concurrent run fails too.
             setattr(self.app, _FALLBACK_ATTRIBUTE, {})
         self.active = True
-        solver = _Solver(overrides=overrides, teardowns=self.teardowns)
         try:
-            values = {
-                key: await solver.lifespan_value(dependant, key)
-                for key, dependant in declarations.items()
-            }
+            values = await self._set_up_values(declarations)
         except BaseException as error:
             # The startup error stays the one reported.
             for teardown_error in await self.tear_down():
@@ -425,14 +451,33 @@ class _LifespanRun:
         else:
             setattr(self.app, _FALLBACK_ATTRIBUTE, values)
 
+    async def _set_up_values(
+        self, declarations: dict[Hashable, _Declaration]
+    ) -> dict[Hashable, Any]:
+        """Set up every declaration, in order, recording what to tear down."""
+        solver = _Solver(teardowns=self.teardowns)
+        return {
+            key: await solver.lifespan_value(dependant, key, overrides)
+            for key, (dependant, overrides) in declarations.items()
+        }
+
     async def tear_down(self) -> list[BaseException]:
         """
-        Exit every dependency in reverse order, each as if nothing failed; return
-        the errors in teardown order.
+        Exit every dependency, each as if nothing failed; return the errors in
+        teardown order.
         """
         if not self.active:
             return []
         self.active = False
+        errors = await self._tear_down_values()
+        if "state" in self.scope:
+            self.scope["state"].pop((LIFESPAN_STATE_KEY, id(self.app)), None)
+        else:
+            setattr(self.app, _FALLBACK_ATTRIBUTE, None)
+        return errors
+
+    async def _tear_down_values(self) -> list[BaseException]:
+        """Exit what was set up in reverse order, each one even if others fail."""
         errors: list[BaseException] = []
         while self.teardowns:
             name, context_manager = self.teardowns.pop()
@@ -440,10 +485,6 @@ class _LifespanRun:
                 await context_manager.__aexit__(None, None, None)
             except BaseException as error:
                 errors.append(_named(error, name))
-        if "state" in self.scope:
-            self.scope["state"].pop((LIFESPAN_STATE_KEY, id(self.app)), None)
-        else:
-            setattr(self.app, _FALLBACK_ATTRIBUTE, None)
         return errors
 
 
@@ -453,7 +494,12 @@ def _attach(error: BaseException, other: BaseException) -> None:
     error.add_note(f"Another lifespan dependency teardown failed: {other!r}")
 
 
-def lifespan_dependencies_app(app: Any, lifespan_app: ASGIApp) -> ASGIApp:
+def lifespan_dependencies_app(
+    app: Any,
+    lifespan_app: ASGIApp,
+    *,
+    lifespan_run_class: Callable[..., _LifespanRun] = _LifespanRun,
+) -> ASGIApp:
     """
     Wrap the ASGI lifespan of `app` (`lifespan_app`) to run its lifespan-scoped
     dependencies: set up once the app's own startup is complete, torn down when
@@ -461,7 +507,7 @@ def lifespan_dependencies_app(app: Any, lifespan_app: ASGIApp) -> ASGIApp:
     """
 
     async def run(scope: Scope, receive: Receive, send: Send) -> None:
-        lifespan_run = _LifespanRun(app=app, scope=scope)
+        lifespan_run = lifespan_run_class(app=app, scope=scope)
 
         async def receive_lifespan() -> Message:
             try:
