@@ -106,6 +106,17 @@ run_suite() { # run_suite NAME PYTHON [pytest args...]
     return "$status"
 }
 
+run_suite_concurrent() { # [pytest args...]: the same, set-ups forced concurrent
+    local plugins=$PWD/scripts/plugins
+    cd "$BUILD/fork"
+    export PYTHONPATH="./docs_src:$plugins"
+    "$FORK_PY" -m pytest -n auto --dist loadgroup tests \
+        --ignore=tests/test_dependency_lifespan_scope_servers \
+        -p concurrent_lifespan_dependencies -p no:sugar -p no:cacheprovider -q -rsx \
+        "$@" 2>&1 | tee pytest-concurrent.log
+    return "${PIPESTATUS[0]}"
+}
+
 tooling_tests() {
     "$BUILD/venv-fork/bin/pytest" -q -p no:sugar -p no:cacheprovider -rs scripts/tests 2>&1 |
         tee "$BUILD/tooling-pytest.log"
@@ -144,6 +155,7 @@ run_step "series check" "$FORK_PY" scripts/fork.py check
 run_step "test folders" test_folders
 run_step "upstream's suite on pristine upstream" run_suite upstream "$UPSTREAM_PY" "$@"
 run_step "upstream's suite and ours on the fork" run_suite fork "$FORK_PY" "$@"
+run_step "the same, every app's lifespan dependencies set up concurrently" run_suite_concurrent "$@"
 run_step "tooling tests (with the install test)" tooling_tests
 run_step "upstream PR check (scripts/fork.py pr-check)" pr_check
 run_step "lint (upstream's scripts/lint.sh on the assembled package; our tooling)" lint
@@ -152,8 +164,9 @@ run_step "coverage" coverage
 
 printf '\n=== summary\n'
 printf '%s\n' "${SUMMARY[@]}"
-for name in upstream fork tooling pr-check; do
+for name in upstream fork fork-concurrent tooling pr-check; do
     case $name in
+        fork-concurrent) log=$BUILD/fork/pytest-concurrent.log ;;
         tooling) log=$BUILD/tooling-pytest.log ;;
         pr-check) log=$BUILD/pr-check/pytest.log ;;
         *) log=$BUILD/$name/pytest.log ;;

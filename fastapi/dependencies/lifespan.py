@@ -530,7 +530,16 @@ def lifespan_dependencies_app(
         async def send_lifespan(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
                 await lifespan_run.set_up()
-            elif (
+                try:
+                    await send(message)
+                except BaseException as error:
+                    # The server is gone (or the task cancelled) before the run
+                    # started: nothing will ask for shutdown.
+                    for teardown_error in await lifespan_run.tear_down():
+                        _attach(error, teardown_error)
+                    raise
+                return
+            if (
                 message["type"] == "lifespan.shutdown.complete"
                 and lifespan_run.error is not None
             ):

@@ -1,0 +1,608 @@
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Annotated, Any
+
+import anyio
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.dependencies import lifespan
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import StatusCode
+from starlette.applications import Starlette
+
+# Each test waits on the other dependency at most this long: only concurrent
+# set-ups meet within it, and a failing test never hangs.
+MEET_SECONDS = 5
+
+
+class SetupError(Exception):
+    pass
+
+
+def test_concurrent_is_off_by_default():
+    # In a new interpreter: a test run may switch the default on for every app.
+    code = "import fastapi; print(fastapi.FastAPI().concurrent_lifespan_dependencies)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout == "False\n", result.stderr
+
+
+def test_independent_async_dependencies_start_together():
+    # Each one waits for the other to have started: set up one after the
+    # other, the first would wait in vain.
+    started = {"a": anyio.Event(), "b": anyio.Event()}
+
+    async def get_a() -> str:
+        started["a"].set()
+        with anyio.fail_after(MEET_SECONDS):
+            await started["b"].wait()
+        return "a"
+
+    async def get_b() -> str:
+        started["b"].set()
+        with anyio.fail_after(MEET_SECONDS):
+            await started["a"].wait()
+        return "b"
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(
+        a: Annotated[str, Depends(get_a, scope="lifespan")],
+        b: Annotated[str, Depends(get_b, scope="lifespan")],
+    ) -> list[str]:
+        return [a, b]
+
+    with TestClient(app) as client:
+        assert client.get("/").json() == ["a", "b"]
+
+
+def test_independent_sync_dependencies_start_together_in_the_thread_pool():
+    barrier = threading.Barrier(2, timeout=MEET_SECONDS)
+    threads: set[int] = set()
+
+    def get_a() -> Iterator[str]:
+        barrier.wait()
+        threads.add(threading.get_ident())
+        yield "a"
+        barrier.wait()
+
+    def get_b() -> Iterator[str]:
+        barrier.wait()
+        threads.add(threading.get_ident())
+        yield "b"
+        barrier.wait()
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(
+        a: Annotated[str, Depends(get_a, scope="lifespan")],
+        b: Annotated[str, Depends(get_b, scope="lifespan")],
+    ) -> list[str]:
+        return [a, b]
+
+    with TestClient(app) as client:
+        assert client.get("/").json() == ["a", "b"]
+    assert len(threads) == 2
+    assert threading.main_thread().ident not in threads
+
+
+def test_a_dependency_starts_once_what_it_needs_is_ready():
+    events: list[str] = []
+    settings_ready = anyio.Event()
+
+    async def get_settings() -> AsyncGenerator[str]:
+        await anyio.sleep(0.05)
+        events.append("settings up")
+        settings_ready.set()
+        yield "settings"
+        events.append("settings down")
+
+    async def get_pool(
+        settings: Annotated[str, Depends(get_settings, scope="lifespan")],
+    ) -> AsyncGenerator[str]:
+        assert settings_ready.is_set()
+        events.append("pool up")
+        yield f"pool({settings})"
+        events.append("pool down")
+
+    async def get_cache() -> AsyncGenerator[str]:
+        # Independent: doesn't wait for the settings.
+        events.append("cache up")
+        yield "cache"
+        events.append("cache down")
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(
+        pool: Annotated[str, Depends(get_pool, scope="lifespan")],
+        cache: Annotated[str, Depends(get_cache, scope="lifespan")],
+    ) -> list[str]:
+        return [pool, cache]
+
+    with TestClient(app) as client:
+        assert client.get("/").json() == ["pool(settings)", "cache"]
+        assert events == ["cache up", "settings up", "pool up"]
+    assert sorted(events[3:]) == ["cache down", "pool down", "settings down"]
+    assert events.index("pool down") < events.index("settings down")
+
+
+def test_shared_unscoped_sub_dependency_runs_once_when_both_start_together():
+    calls: list[str] = []
+    both_waiting = anyio.Event()
+    waiting: list[str] = []
+
+    async def get_config() -> dict[str, str]:
+        calls.append("config")
+        await anyio.sleep(0.01)
+        return {"dsn": "db"}
+
+    async def wait_for_both(name: str) -> None:
+        waiting.append(name)
+        if len(waiting) == 2:
+            both_waiting.set()
+        with anyio.fail_after(MEET_SECONDS):
+            await both_waiting.wait()
+
+    async def get_pool(
+        config: Annotated[dict[str, str], Depends(get_config)],
+    ) -> dict[str, str]:
+        await wait_for_both("pool")
+        return config
+
+    async def get_cache(
+        config: Annotated[dict[str, str], Depends(get_config)],
+    ) -> dict[str, str]:
+        await wait_for_both("cache")
+        return config
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(
+        pool: Annotated[dict[str, str], Depends(get_pool, scope="lifespan")],
+        cache: Annotated[dict[str, str], Depends(get_cache, scope="lifespan")],
+    ) -> bool:
+        return pool is cache
+
+    with TestClient(app) as client:
+        assert client.get("/").json() is True
+    assert calls == ["config"]
+
+
+def test_a_dependency_may_run_a_task_group_around_its_yield():
+    async def get_ticker() -> AsyncGenerator[list[int]]:
+        ticks: list[int] = []
+
+        async def tick() -> None:
+            while True:
+                ticks.append(len(ticks))
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(tick)
+            yield ticks
+            task_group.cancel_scope.cancel()
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    async def read(
+        ticks: Annotated[list[int], Depends(get_ticker, scope="lifespan")],
+    ) -> int:
+        seen = len(ticks)
+        with anyio.fail_after(MEET_SECONDS):
+            while len(ticks) < seen + 3:
+                await anyio.sleep(0.005)
+        return len(ticks) - seen
+
+    with TestClient(app) as client:
+        assert client.get("/").json() >= 3
+        state = dict(client.app_state)
+    (ticks,) = next(iter(state.values())).values()
+    stopped_at = len(ticks)
+    anyio.run(anyio.sleep, 0.05)
+    assert len(ticks) == stopped_at
+
+
+def test_a_failure_cancels_the_set_ups_still_running_and_tears_down_the_rest():
+    events: list[str] = []
+
+    async def get_settings() -> AsyncGenerator[str]:
+        events.append("settings up")
+        yield "settings"
+        events.append("settings down")
+
+    async def get_pool(
+        settings: Annotated[str, Depends(get_settings, scope="lifespan")],
+    ) -> AsyncGenerator[str]:
+        events.append("pool up")
+        yield "pool"
+        events.append("pool down")
+
+    async def get_slow() -> AsyncGenerator[str]:
+        events.append("slow started")
+        try:
+            await anyio.sleep(MEET_SECONDS * 2)
+        except anyio.get_cancelled_exc_class():
+            events.append("slow cancelled")
+            raise
+        yield "slow"  # pragma: no cover
+
+    async def get_broken(
+        pool: Annotated[str, Depends(get_pool, scope="lifespan")],
+    ) -> str:
+        # Fails once the others are under way.
+        await anyio.sleep(0.05)
+        raise SetupError("cannot connect")
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(
+        slow: Annotated[str, Depends(get_slow, scope="lifespan")],
+        broken: Annotated[str, Depends(get_broken, scope="lifespan")],
+    ) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(SetupError, match="cannot connect") as exc:
+        with TestClient(app):
+            pass  # pragma: no cover
+    assert exc.value.__notes__ == [
+        'while setting up the lifespan-scoped dependency "get_broken"'
+    ]
+    assert events == [
+        "slow started",
+        "settings up",
+        "pool up",
+        "slow cancelled",
+        "pool down",
+        "settings down",
+    ]
+
+
+def test_every_set_up_failure_is_kept_the_first_raised():
+    first_failed = anyio.Event()
+
+    async def get_first() -> str:
+        first_failed.set()
+        raise SetupError("first")
+
+    async def get_config() -> str:
+        # Unscoped: the failure names the lifespan dependency that needs it.
+        with anyio.CancelScope(shield=True):
+            await first_failed.wait()
+        raise SetupError("second")
+
+    async def get_second(config: Annotated[str, Depends(get_config)]) -> str:
+        return config  # pragma: no cover
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(
+        first: Annotated[str, Depends(get_first, scope="lifespan")],
+        second: Annotated[str, Depends(get_second, scope="lifespan")],
+    ) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(SetupError, match="first") as exc:
+        with TestClient(app):
+            pass  # pragma: no cover
+    assert exc.value.__notes__ == [
+        'while setting up the lifespan-scoped dependency "get_first"',
+        "Another lifespan dependency set-up failed: SetupError('second')",
+    ]
+
+
+def test_cancelled_startup_tears_down_what_was_set_up():
+    events: list[str] = []
+
+    async def get_pool() -> AsyncGenerator[str]:
+        events.append("pool up")
+        yield "pool"
+        events.append("pool down")
+
+    async def get_slow() -> str:
+        events.append("slow started")
+        await anyio.sleep(MEET_SECONDS * 2)
+        return "slow"  # pragma: no cover
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(
+        pool: Annotated[str, Depends(get_pool, scope="lifespan")],
+        slow: Annotated[str, Depends(get_slow, scope="lifespan")],
+    ) -> None:
+        pass  # pragma: no cover
+
+    sent: list[str] = []
+
+    async def main() -> None:
+        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
+
+        async def send(message: Any) -> None:
+            sent.append(message["type"])
+
+        async with send_stream, receive_stream:
+            await send_stream.send({"type": "lifespan.startup"})
+            # A server's startup timeout, while "slow" is still setting up.
+            with anyio.move_on_after(0.3):
+                await app(
+                    {"type": "lifespan", "state": {}}, receive_stream.receive, send
+                )
+
+    anyio.run(main)
+    assert sent == ["lifespan.startup.failed"]
+    assert events == ["pool up", "slow started", "pool down"]
+
+
+def test_the_app_lifespan_error_is_raised_as_is():
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
+        raise SetupError("app startup failed")
+        yield  # pragma: no cover
+
+    async def get_pool() -> str:
+        return "pool"  # pragma: no cover
+
+    app = FastAPI(lifespan=lifespan, concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(pool: Annotated[str, Depends(get_pool, scope="lifespan")]) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(SetupError, match="app startup failed"):
+        with TestClient(app):
+            pass  # pragma: no cover
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_each_set_up_and_teardown_is_logged(
+    concurrent: bool, caplog: pytest.LogCaptureFixture
+):
+    async def get_pool() -> AsyncGenerator[str]:
+        yield "pool"
+
+    def get_settings() -> str:
+        return "settings"
+
+    def get_broken_teardown() -> Iterator[str]:
+        yield "broken"
+        raise SetupError("teardown failed")
+
+    app = FastAPI(concurrent_lifespan_dependencies=concurrent)
+
+    @app.get("/")
+    def read(
+        pool: Annotated[str, Depends(get_pool, scope="lifespan")],
+        settings: Annotated[str, Depends(get_settings, scope="lifespan")],
+        broken: Annotated[str, Depends(get_broken_teardown, scope="lifespan")],
+    ) -> None:
+        pass  # pragma: no cover
+
+    with caplog.at_level(logging.DEBUG, logger="fastapi"):
+        with pytest.raises(SetupError):
+            with TestClient(app):
+                pass
+    records = [r for r in caplog.records if hasattr(r, "lifespan_dependency")]
+    prefix = f"{__name__}.test_each_set_up_and_teardown_is_logged.<locals>."
+    seen = {
+        (
+            r.lifespan_dependency.removeprefix(prefix),  # type: ignore[attr-defined]
+            r.lifespan_phase,  # type: ignore[attr-defined]
+            r.outcome,  # type: ignore[attr-defined]
+        )
+        for r in records
+    }
+    assert seen == {
+        ("get_pool", "set_up", "ok"),
+        ("get_settings", "set_up", "ok"),
+        ("get_broken_teardown", "set_up", "ok"),
+        ("get_pool", "tear_down", "ok"),
+        ("get_broken_teardown", "tear_down", f"failed: {__name__}.SetupError"),
+    }
+    assert len(records) == 5
+    assert all(r.levelno == logging.DEBUG for r in records)
+    assert all(r.duration >= 0 for r in records)  # type: ignore[attr-defined]
+    assert (
+        records[0]
+        .getMessage()
+        .startswith(
+            f"Lifespan dependency {records[0].lifespan_dependency} set up: ok ("  # type: ignore[attr-defined]
+        )
+    )
+
+
+def test_apps_without_lifespan_dependencies_log_nothing_new(
+    caplog: pytest.LogCaptureFixture,
+):
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read() -> str:
+        return "ok"
+
+    with caplog.at_level(logging.DEBUG, logger="fastapi"):
+        with TestClient(app) as client:
+            assert client.get("/").json() == "ok"
+    assert not [r for r in caplog.records if hasattr(r, "lifespan_dependency")]
+
+
+def traced_app(
+    concurrent: bool, **telemetry: Any
+) -> tuple[FastAPI, InMemorySpanExporter]:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    app = FastAPI(
+        telemetry={"tracer_provider": provider, **telemetry},
+        concurrent_lifespan_dependencies=concurrent,
+    )
+    return app, spans
+
+
+async def get_traced_settings() -> str:
+    return "settings"
+
+
+async def get_traced_pool(
+    settings: Annotated[str, Depends(get_traced_settings, scope="lifespan")],
+) -> AsyncGenerator[str]:
+    yield "pool"
+    raise SetupError("pool teardown failed")
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_each_set_up_and_teardown_is_a_span(concurrent: bool):
+    app, spans = traced_app(concurrent)
+
+    @app.get("/")
+    def read(pool: Annotated[str, Depends(get_traced_pool, scope="lifespan")]) -> str:
+        return pool
+
+    with pytest.raises(SetupError):
+        with TestClient(app) as client:
+            assert client.get("/").json() == "pool"
+    finished = spans.get_finished_spans()
+    by_name = {span.name: span for span in finished if "lifespan" in span.name}
+    startup = by_name["fastapi.lifespan.startup"]
+    shutdown = by_name["fastapi.lifespan.shutdown"]
+    lifespan_spans = [
+        span
+        for span in finished
+        if span.parent is not None
+        and span.parent.span_id in (startup.context.span_id, shutdown.context.span_id)
+    ]
+    described = sorted(
+        (
+            span.name.removeprefix(f"{__name__}."),
+            span.attributes["fastapi.lifespan.phase"],
+            span.parent.span_id == startup.context.span_id,
+        )
+        for span in lifespan_spans
+        if span.parent is not None and span.attributes is not None
+    )
+    assert described == [
+        ("get_traced_pool", "set_up", True),
+        ("get_traced_pool", "tear_down", False),
+        ("get_traced_settings", "set_up", True),
+    ]
+    (failed,) = [
+        span for span in lifespan_spans if span.status.status_code == StatusCode.ERROR
+    ]
+    assert failed.attributes is not None
+    assert failed.attributes["fastapi.lifespan.phase"] == "tear_down"
+    assert failed.attributes["error.type"] == f"{__name__}.SetupError"
+    assert failed.attributes["code.function.name"] == f"{__name__}.get_traced_pool"
+    assert [event.name for event in failed.events] == ["exception"]
+
+
+def test_a_failed_startup_span_records_the_error():
+    app, spans = traced_app(False)
+
+    async def get_broken() -> str:
+        raise SetupError("cannot connect")
+
+    @app.get("/")
+    def read(broken: Annotated[str, Depends(get_broken, scope="lifespan")]) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(SetupError):
+        with TestClient(app):
+            pass  # pragma: no cover
+    by_name = {span.name: span for span in spans.get_finished_spans()}
+    startup = by_name["fastapi.lifespan.startup"]
+    assert startup.status.status_code == StatusCode.ERROR
+    assert startup.attributes is not None
+    assert startup.attributes["error.type"] == f"{__name__}.SetupError"
+
+
+@pytest.mark.parametrize("telemetry", [{"tracing": False}, {}])
+def test_no_spans_without_tracing(telemetry: dict[str, Any]):
+    if telemetry:
+        app, spans = traced_app(False, **telemetry)
+    else:
+        # No provider configured: the app's telemetry is off.
+        app, spans = FastAPI(), InMemorySpanExporter()
+
+    @app.get("/")
+    def read(
+        pool: Annotated[str, Depends(get_traced_settings, scope="lifespan")],
+    ) -> str:
+        return pool
+
+    with TestClient(app) as client:
+        assert client.get("/").json() == "settings"
+    assert not [s for s in spans.get_finished_spans() if "lifespan" in s.name]
+
+
+def test_apps_without_lifespan_dependencies_trace_nothing_new():
+    app, spans = traced_app(True)
+
+    @app.get("/")
+    def read() -> str:
+        return "ok"
+
+    with TestClient(app) as client:
+        assert client.get("/").json() == "ok"
+    names = [span.name for span in spans.get_finished_spans()]
+    assert "GET /" in names
+    assert not [name for name in names if "lifespan" in name]
+
+
+def test_the_run_without_observation_sets_up_and_tears_down():
+    # What the upstream pull request runs: FastAPI wraps its lifespan with
+    # lifespan_dependencies_app() itself, without the fork's observed runs.
+    events: list[str] = []
+
+    async def get_pool() -> AsyncGenerator[str]:
+        events.append("pool up")
+        yield "pool"
+        events.append("pool down")
+
+    app = FastAPI()
+
+    @app.get("/")
+    def read(pool: Annotated[str, Depends(get_pool, scope="lifespan")]) -> None:
+        pass  # pragma: no cover
+
+    wrapped = lifespan.lifespan_dependencies_app(app, partial(Starlette.__call__, app))
+    state: dict[Any, Any] = {}
+    sent: list[str] = []
+
+    async def main() -> None:
+        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
+
+        async def send(message: Any) -> None:
+            sent.append(message["type"])
+            if message["type"] == "lifespan.startup.complete":
+                assert list(state[lifespan.LIFESPAN_STATE_KEY, id(app)].values()) == [
+                    "pool"
+                ]
+                await send_stream.send({"type": "lifespan.shutdown"})
+
+        async with send_stream, receive_stream:
+            await send_stream.send({"type": "lifespan.startup"})
+            await wrapped(
+                {"type": "lifespan", "state": state}, receive_stream.receive, send
+            )
+
+    anyio.run(main)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert events == ["pool up", "pool down"]
+    assert state == {}
