@@ -62,7 +62,7 @@ def expected(hl: str) -> set[int]:
 
 
 def test_every_include_is_its_example_with_its_highlighted_lines(built: Path):
-    assert len(INCLUDES) == 7
+    assert len(INCLUDES) == 8
     blocks = [
         (
             html.unescape(re.sub(r"<[^>]+>", "", code)),
