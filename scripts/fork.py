@@ -19,9 +19,11 @@ python scripts/fork.py pr [--output dist/pr] [--author "NAME <EMAIL>"] [--date D
     Write the upstream pull request: the change as a git am-able series on
     upstream's source (the patches without those marked "Upstream-Status: not
     for upstream", the new module added just before the first patch that uses
-    it, then the tests and the docs, without the tests listed as fork-only in
-    pyproject.toml), authored by your git identity (or --author) at the current
-    time (or --date), and its description, PR.md (from docs/pr/PR.md).
+    it, then the tests and the docs, without the files listed as fork-only in
+    pyproject.toml and the parts of the docs pages between <!-- fork-only -->
+    and <!-- /fork-only -->), authored by your git identity (or --author) at
+    the current time (or --date), and its description, PR.md (from
+    docs/pr/PR.md).
 python scripts/fork.py pr-check [--python PY] [--workdir DIR]
     Check the upstream pull request as a FastAPI maintainer's CI would, with PY
     (default: this Python; it needs requirements-tests.txt, ty among them): its
@@ -310,7 +312,9 @@ def build_pr_tree(dest: Path, env: dict[str, str], root: Path = ROOT) -> None:
     """
     The upstream pull request as commits on the pristine sdist: the series without
     fork packaging, our new modules added just before the first patch that imports
-    them, then the tests, then the docs (examples, their tests, the page).
+    them, then the tests, then the docs (examples, their tests, the page), all
+    without what is fork-only: the files listed in pyproject.toml, the pages'
+    fork-only blocks.
     """
     _pristine_repository(dest, root, nav=True)
     new_files = [
@@ -340,6 +344,9 @@ def build_pr_tree(dest: Path, env: dict[str, str], root: Path = ROOT) -> None:
     _copy_new_files(root, dest, tests)
     _commit_all(dest, PR_TESTS_MESSAGE, env)
     _copy_new_files(root, dest, docs)
+    for page in (f for f in docs if f.endswith(".md")):
+        path = dest / page
+        path.write_text(without_fork_only_blocks(path.read_text(), page))
     pages = [
         f.removeprefix(DOCS_PAGES)
         for f in docs
@@ -347,6 +354,50 @@ def build_pr_tree(dest: Path, env: dict[str, str], root: Path = ROOT) -> None:
     ]
     add_to_nav(dest, pages)
     _commit_all(dest, PR_DOCS_MESSAGE, env)
+
+
+# A docs page's part that stays in the fork, out of the pull request (it shows a
+# fork-only example, say): the lines from FORK_ONLY_BEGIN to FORK_ONLY_END, each
+# marker alone on its line.
+FORK_ONLY_BEGIN = "<!-- fork-only -->"
+FORK_ONLY_END = "<!-- /fork-only -->"
+
+
+def without_fork_only_blocks(text: str, name: str) -> str:
+    """
+    The page without its fork-only blocks: each block's lines, markers included,
+    and the blank line after it, so that the text around it joins as if it had
+    never been there. Unbalanced markers stop the export.
+    """
+    kept: list[str] = []
+    opened: int | None = None
+    after_block = False
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        marker = line.strip()
+        if marker == FORK_ONLY_BEGIN:
+            if opened is not None:
+                raise ForkBuildError(
+                    f"{name}, line {number}: {FORK_ONLY_BEGIN} inside the fork-only "
+                    f"block opened on line {opened}"
+                )
+            opened = number
+        elif marker == FORK_ONLY_END:
+            if opened is None:
+                raise ForkBuildError(
+                    f"{name}, line {number}: {FORK_ONLY_END} closes no fork-only block"
+                )
+            opened = None
+            after_block = True
+        elif opened is None:
+            if not (after_block and not marker):
+                kept.append(line)
+            after_block = False
+    if opened is not None:
+        raise ForkBuildError(
+            f"{name}, line {opened}: the fork-only block is never closed "
+            f"with {FORK_ONLY_END}"
+        )
+    return "".join(kept)
 
 
 def _files_message(subject: str, files: list[str]) -> str:

@@ -310,6 +310,12 @@ def test_pr_export_applies_with_git_am_on_pristine_source(tmp_path: Path):
     # Fork-only tests are not part of it.
     assert not any("test_dependency_lifespan_scope_servers" in t for t in texts)
     assert not any("test_dependency_lifespan_scope_properties" in t for t in texts)
+    # Nor the PostgreSQL fixture, the asyncpg example, its test and its section of
+    # the page (which is there, without it).
+    assert not any("b/tests/conftest.py" in t for t in texts)
+    assert not any("tutorial008" in t for t in texts)
+    assert not any("fork-only" in t or "asyncpg" in t for t in texts)
+    assert any("lifespan-scoped-dependencies.md" in t for t in texts)
     assert (out / "PR.md").read_text() == (ROOT / "docs" / "pr" / "PR.md").read_text()
     pristine = tmp_path / "pristine"
     pristine.mkdir()
@@ -357,6 +363,55 @@ def test_add_to_nav_needs_the_entry_it_follows(tmp_path: Path):
     (tmp_path / "docs" / "en" / "mkdocs.yml").write_text("nav:\n  - index.md\n")
     with pytest.raises(ForkBuildError, match="no nav entry"):
         fork.add_to_nav(tmp_path, ["tutorial/page.md"])
+
+
+PAGE_WITH_FORK_ONLY_BLOCKS = """\
+# Title
+
+Shared text.
+
+<!-- fork-only -->
+
+## Fork only
+
+{* ../../docs_src/topic/tutorial008.py *}
+
+<!-- /fork-only -->
+
+More shared text.
+<!-- fork-only -->
+Also fork only.
+<!-- /fork-only -->
+The end.
+"""
+
+
+def test_pr_pages_leave_out_their_fork_only_blocks():
+    assert fork.without_fork_only_blocks(PAGE_WITH_FORK_ONLY_BLOCKS, "page.md") == (
+        "# Title\n\nShared text.\n\nMore shared text.\nThe end.\n"
+    )
+    assert fork.without_fork_only_blocks("No block.\n", "page.md") == "No block.\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "a\n<!-- fork-only -->\nb\n",
+            "page.md, line 2: the fork-only block is never closed",
+        ),
+        ("a\n<!-- /fork-only -->\n", "page.md, line 2: <!-- /fork-only --> closes no"),
+        (
+            "<!-- fork-only -->\n<!-- fork-only -->\n<!-- /fork-only -->\n",
+            "page.md, line 2: <!-- fork-only --> inside the fork-only block opened "
+            "on line 1",
+        ),
+    ],
+    ids=["unclosed", "closes nothing", "nested"],
+)
+def test_pr_refuses_unbalanced_fork_only_markers(text: str, message: str):
+    with pytest.raises(ForkBuildError, match=re.escape(message)):
+        fork.without_fork_only_blocks(text, "page.md")
 
 
 def test_pr_author_defaults_to_the_git_identity(tmp_path: Path, monkeypatch):

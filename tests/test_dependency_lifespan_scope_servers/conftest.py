@@ -50,12 +50,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_command(server: str, port: int) -> list[str]:
+def server_command(server: str, port: int, app: str = APP) -> list[str]:
     python = [sys.executable, "-m"]
     if server == "uvicorn":
-        return [*python, "uvicorn", APP, "--host", "127.0.0.1", "--port", str(port)]
+        return [*python, "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     if server == "hypercorn":
-        return [*python, "hypercorn", APP, "--bind", f"127.0.0.1:{port}"]
+        return [*python, "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
     if server == "granian":
         return [
             *python,
@@ -66,7 +66,7 @@ def server_command(server: str, port: int) -> list[str]:
             "127.0.0.1",
             "--port",
             str(port),
-            APP,
+            app,
         ]
     assert server == "gunicorn"
     return [
@@ -76,7 +76,7 @@ def server_command(server: str, port: int) -> list[str]:
         "uvicorn_worker.UvicornWorker",
         "--bind",
         f"127.0.0.1:{port}",
-        APP,
+        app,
     ]
 
 
@@ -195,11 +195,13 @@ Serve = Callable[..., Server]
 def serve(tmp_path: Path) -> Iterator[Serve]:
     servers: list[Server] = []
 
-    def start(server: str, *args: str, **env: str) -> Server:
+    def start(server: str, *args: str, app: str = APP, **env: str) -> Server:
         port = free_port()
         directory = tmp_path / f"server{len(servers)}"
         directory.mkdir()
-        started = Server([*server_command(server, port), *args], port, directory, env)
+        started = Server(
+            [*server_command(server, port, app), *args], port, directory, env
+        )
         servers.append(started)
         return started
 
