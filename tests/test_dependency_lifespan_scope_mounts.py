@@ -135,6 +135,33 @@ def test_router_mounted_with_mount_follows_its_own_overrides_at_startup():
     assert events == ["pool up", "pool down"]
 
 
+def test_lifespan_dependency_found_after_a_router_included_twice():
+    events: list[str] = []
+    get_pool = make_pool_dependency(events)
+    plain = APIRouter()
+
+    @plain.get("/plain")
+    def read_plain() -> str:
+        return "plain"
+
+    pooled = APIRouter()
+
+    @pooled.get("/pool")
+    def read_pool(
+        pool: Annotated[Resource, Depends(get_pool, scope="lifespan")],
+    ) -> bool:
+        return pool.open
+
+    app = FastAPI()
+    app.include_router(plain, prefix="/a")
+    app.include_router(plain, prefix="/b")
+    app.include_router(pooled)
+    with TestClient(app) as client:
+        assert client.get("/b/plain").json() == "plain"
+        assert client.get("/pool").json() is True
+    assert events == ["pool up", "pool down"]
+
+
 def test_router_mounted_in_an_included_router_belongs_to_the_app_run():
     events: list[str] = []
     get_pool = make_pool_dependency(events)

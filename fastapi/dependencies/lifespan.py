@@ -284,12 +284,53 @@ def _iter_listed_dependants(router: Router) -> Iterator[Dependant]:
 _Declaration = tuple[Dependant, dict[Any, Any]]
 
 
+def _declares_lifespan(dependant: Dependant) -> bool:
+    return any(
+        sub_dependant.scope == "lifespan" or _declares_lifespan(sub_dependant)
+        for sub_dependant in dependant.dependencies
+    )
+
+
+def _may_declare_lifespan(router: Router, seen: set[int]) -> bool:
+    """
+    Whether a router's tree may declare a lifespan dependency (or follows
+    overrides, whose replacements may), read from the routes as they were
+    declared: the routes of included routers are only built (as upstream does
+    at the first request) for an app that may have some.
+    """
+    # Imported here: fastapi.routing imports this module.
+    from fastapi.routing import _IncludedRouter
+
+    if id(router) in seen:
+        return False
+    seen.add(id(router))
+    listed = list(getattr(router, "dependencies", []))
+    routes = [*router.routes, *getattr(router, "_low_priority_routes", [])]
+    for route in routes:
+        if isinstance(route, _IncludedRouter):
+            listed.extend(route.include_context.dependencies)
+            if _may_declare_lifespan(route.original_router, seen):
+                return True
+            continue
+        dependant = getattr(route, "dependant", None)
+        if isinstance(dependant, Dependant) and (
+            _overrides_of(route) or _declares_lifespan(dependant)
+        ):
+            return True
+        sub_app = getattr(route, "app", None)
+        if isinstance(sub_app, Router) and _may_declare_lifespan(sub_app, seen):
+            return True
+    return any(depends.scope == "lifespan" for depends in listed)
+
+
 def _declarations(app: Any) -> dict[Hashable, _Declaration]:
     """
     Every lifespan declaration of the app, in order, following the overrides of
     the routes that declare it.
     """
     declarations: dict[Hashable, _Declaration] = {}
+    if not _may_declare_lifespan(app.router, set()):
+        return declarations
     for dependant, is_entry, overrides in _iter_router_dependants(app.router, set()):
         if is_entry:
             key = lifespan_key(dependant, parent=None)
