@@ -41,6 +41,7 @@ within this machine's noise, instruction counts are not.
 import argparse
 import importlib.util
 import json
+import math
 import os
 import re
 import statistics
@@ -665,13 +666,15 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ((left, right), (set_up, tear_down)) = plt.subplots(2, 2, figsize=(12, 8))
+    figure, ((left, right), (set_up, tear_down)) = plt.subplots(
+        2, 2, figsize=(13, 8), layout="constrained"
+    )
     metric = no_regression["per_request_us"]
     left.bar(["upstream", "fork"], [median(metric["upstream"]), median(metric["fork"])])
     left.set_title("App without the scope: µs per request")
     labels = [TODAY_LABELS[kind] for kind in TODAY]
     right.barh(labels, [median(today[kind]) for kind in TODAY])
-    right.set_title("Shared resource, on the fork: µs per request")
+    right.set_title("Shared resource, on the fork:\nµs per request")
     right.invert_yaxis()
     labels = [
         shape.label.replace(" dependencies", "") for shape in startup_modes.shapes
@@ -681,25 +684,31 @@ def plot(
         (tear_down, "shutdown_ms", "Teardown"),
     ):
         height = 0.4
+        smallest, largest = math.inf, 0.0
         for offset, mode in ((-height / 2, "sequential"), (height / 2, "concurrent")):
             values = [
                 startup_modes.median(shape.name, mode, phase_metric)
                 for shape in startup_modes.shapes
             ]
+            smallest, largest = min(smallest, *values), max(largest, *values)
             bars = axes.barh(
                 [index + offset for index in range(len(labels))],
                 values,
                 height,
                 label=mode,
             )
-            axes.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+            axes.bar_label(
+                bars, labels=[ms(value) for value in values], fontsize=8, padding=2
+            )
         axes.set_yticks(range(len(labels)), labels, fontsize=8)
         axes.set_xscale("log")
+        axes.set_xlim(smallest / 3, largest * 3)
         axes.set_xlabel("ms (log scale)")
-        axes.set_title(f"{phase}: lifespan dependencies sequential vs concurrent")
+        axes.set_title(
+            f"{phase} of the lifespan dependencies:\nsequential vs concurrent"
+        )
         axes.invert_yaxis()
-        axes.legend(fontsize=8)
-    figure.tight_layout()
+        axes.legend(fontsize=8, loc="lower right")
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
