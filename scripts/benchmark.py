@@ -547,9 +547,9 @@ def write_results(
         f"Requests per second: fork / upstream = {fk_rps / up_rps:.3f} (goal ≥ 0.99); "
         "startup: goal ≤ 1.05. Spread: (slowest − fastest round) / median, the "
         "run-to-run noise of this machine. The app's routes are in an included "
-        "router: upstream builds their effective routes at the first request, the "
-        "fork at startup, when it walks every route for lifespan dependencies "
-        "(even in an app without any), hence the last row.",
+        "router, whose effective routes upstream builds at the first request "
+        "(hence the last row); the fork walks the routes at startup only in an "
+        "app that declares lifespan dependencies.",
         "",
         "## 2. What users do today vs the lifespan scope (on the fork)",
         "",
