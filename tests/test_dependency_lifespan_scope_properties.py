@@ -3,6 +3,7 @@
 import asyncio
 import inspect
 import json
+import math
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from itertools import count
@@ -21,6 +22,7 @@ SCOPES = {"lifespan": "lifespan", "request": "request", "unscoped": None}
 TEARDOWNS = ["ok"] * 10 + ["error", "keyboard", "exit", "cancel", "hang"]
 HANG_SECONDS = 30
 DEADLINE_SECONDS = 0.2
+STARTUP_DEADLINE_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -276,10 +278,16 @@ async def serve(
     async with to_app, from_server, anyio.create_task_group() as tg:
         tg.start_soon(run_lifespan)
         await to_app.send({"type": "lifespan.startup"})
+        while not scopes:
+            await anyio.sleep(0)
+        # A server's startup timeout: when a set-up fails, what was set up is
+        # torn down, and a teardown may hang there too.
+        scopes[0].deadline = anyio.current_time() + STARTUP_DEADLINE_SECONDS
         while not sent and error is None:
             await anyio.sleep(0.001)
         startup_length = len(log)
         if sent and sent[0]["type"] == "lifespan.startup.complete":
+            scopes[0].deadline = math.inf
             for _ in range(requests):
                 answers.append(await get())
             scopes[0].deadline = anyio.current_time() + DEADLINE_SECONDS

@@ -496,11 +496,15 @@ class _LifespanRun:
         self, declarations: dict[Hashable, _Declaration]
     ) -> dict[Hashable, Any]:
         """Set up every declaration, in order, recording what to tear down."""
-        solver = _Solver(teardowns=self.teardowns)
+        solver = self._solver()
         return {
             key: await solver.lifespan_value(dependant, key, overrides)
             for key, (dependant, overrides) in declarations.items()
         }
+
+    def _solver(self) -> _Solver:
+        """What sets the dependencies up, recording their teardowns."""
+        return _Solver(teardowns=self.teardowns)
 
     async def tear_down(self) -> list[BaseException]:
         """

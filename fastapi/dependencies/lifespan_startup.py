@@ -207,14 +207,13 @@ class _ObservedRun(_LifespanRun):
         with self.observer.phase("startup"):
             return await self._start(declarations)
 
+    def _solver(self) -> _Solver:
+        return _ObservedSolver(teardowns=self.teardowns, observer=self.observer)
+
     async def _start(
         self, declarations: dict[Hashable, _Declaration]
     ) -> dict[Hashable, Any]:
-        solver = _ObservedSolver(teardowns=self.teardowns, observer=self.observer)
-        return {
-            key: await solver.lifespan_value(dependant, key, overrides)
-            for key, (dependant, overrides) in declarations.items()
-        }
+        return await _LifespanRun._set_up_values(self, declarations)
 
     async def _tear_down_values(self) -> list[BaseException]:
         with self.observer.phase("shutdown"):
