@@ -250,6 +250,11 @@ def test_start_stop_cycles_close_every_connection(
 
     print(f"{CYCLES} runs: back to 0 connections within {max(waits):.3f} s")
     assert process.num_fds() <= fds
+    # The last run's TestClient thread may still be ending (seen in CI: 3 <= 2):
+    # a thread kept per run would never come back down.
+    deadline = time.monotonic() + 5
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert threading.active_count() <= threads
     # Exactly min_size connections per run, over all 220 runs.
     postgresql.wait_for_sessions(database, (WARM_UP + CYCLES) * MIN_SIZE)
