@@ -30,6 +30,11 @@ class Node:
     kind: str
     use_cache: bool
     is_async: bool
+    # A generator, or a function (nothing to tear down).
+    is_generator: bool
+    # An async set-up that awaits before it ends (one that doesn't never
+    # gives the event loop a turn).
+    waits: bool
     deps: tuple[int, ...]
     # Failures are injected in lifespan dependencies only.
     fail_setup: bool
@@ -84,8 +89,9 @@ def graphs(draw: Any) -> Graph:
             else []
         )
         is_async = draw(st.booleans())
+        is_generator = draw(st.booleans())
         teardown = "ok"
-        if kind == "lifespan":
+        if kind == "lifespan" and is_generator:
             teardown = draw(st.sampled_from(TEARDOWNS))
             if teardown == "hang" and not is_async:
                 teardown = "ok"  # A thread can't be interrupted.
@@ -94,6 +100,8 @@ def graphs(draw: Any) -> Graph:
                 kind=kind,
                 use_cache=draw(st.booleans()),
                 is_async=is_async,
+                is_generator=is_generator,
+                waits=is_async and draw(st.booleans()),
                 deps=tuple(deps),
                 fail_setup=kind == "lifespan"
                 and draw(st.sampled_from([False] * 6 + [True])),
@@ -139,6 +147,8 @@ def build(graph: Graph, log: list[tuple[str, Any]]) -> tuple[list[Any], dict[Any
                 raise TEARDOWN_ERRORS[node.teardown](index)
 
         async def async_dependency(**kwargs: Instance) -> AsyncIterator[Instance]:
+            if node.waits:
+                await anyio.sleep(0)
             instance = set_up(kwargs)
             yield instance
             tear_down(instance)
@@ -151,7 +161,20 @@ def build(graph: Graph, log: list[tuple[str, Any]]) -> tuple[list[Any], dict[Any
             yield instance
             tear_down(instance)
 
-        dependency: Any = async_dependency if node.is_async else sync_dependency
+        async def async_function(**kwargs: Instance) -> Instance:
+            if node.waits:
+                await anyio.sleep(0)
+            return set_up(kwargs)
+
+        def sync_function(**kwargs: Instance) -> Instance:
+            return set_up(kwargs)
+
+        dependency: Any = {
+            (True, True): async_dependency,
+            (False, True): sync_dependency,
+            (True, False): async_function,
+            (False, False): sync_function,
+        }[node.is_async, node.is_generator]
         dependency.__name__ = f"node{index}"
         dependency.__signature__ = inspect.Signature(
             [
@@ -383,7 +406,11 @@ def test_random_dependency_graphs(concurrent: bool, graph: Graph):
         for event in log
         if event[0] == "down" and event[1].serial in startup_serials
     ]
-    generators = [instance.serial for instance in started if not instance.replacement]
+    generators = [
+        instance.serial
+        for instance in started
+        if nodes[instance.node].is_generator and not instance.replacement
+    ]
     if concurrent:
         # Each exactly once, every dependent before what it depends on.
         assert sorted(downs) == sorted(generators)

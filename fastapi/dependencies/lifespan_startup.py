@@ -13,7 +13,9 @@ after everything that depends on it has been.
 """
 
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,6 +23,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.lifespan import (
     _Declaration,
     _describe,
@@ -35,7 +38,13 @@ from fastapi.dependencies.lifespan import (
 from fastapi.dependencies.lifespan import (
     lifespan_dependencies_app as _lifespan_dependencies_app,
 )
-from fastapi.dependencies.models import Dependant, _impartial
+from fastapi.dependencies.models import (
+    Dependant,
+    _impartial,
+    _is_async_gen_callable,
+    _is_coroutine_callable,
+    _is_gen_callable,
+)
 from fastapi.logger import logger
 from fastapi.telemetry._api import _exception_type
 from opentelemetry import trace
@@ -223,26 +232,73 @@ class _ObservedRun(_LifespanRun):
         return await _LifespanRun._tear_down_values(self)
 
 
+@types.coroutine
+def _resume(coroutine: Coroutine[Any, Any, Any], suspended_at: Any) -> Any:
+    """
+    Await a coroutine that was already stepped once and suspended (at
+    `suspended_at`): the rest of what `await coroutine` would have done, in the
+    task that stepped it, whatever the async backend.
+    """
+    yielded = suspended_at
+    while True:
+        # What the task sends (or throws: a cancellation) goes to the coroutine.
+        try:
+            sent = yield yielded
+        except BaseException as error:
+            step = partial(coroutine.throw, error)
+        else:
+            step = partial(coroutine.send, sent)
+        try:
+            yielded = step()
+        except StopIteration as done:
+            return done.value
+
+
+def _set_up_step(
+    call: Callable[..., Any] | None, values: dict[str, Any]
+) -> Callable[[], Awaitable[Any]]:
+    """The call of a dependency without teardown (as `_Solver._enter` makes it)."""
+    assert call is not None
+    if _is_coroutine_callable(call):
+        return partial(call, **values)
+    return partial(run_in_threadpool, call, **values)
+
+
 @dataclass(eq=False, slots=True)
 class _Node:
-    """One dependency instance of a concurrent run, set up in a task of its own."""
+    """One dependency instance of a concurrent run."""
 
-    name: str
+    # The dependency as declared, and the one that runs (its override, if any).
+    declared: Dependant
+    used: Dependant
     # Whether it is a lifespan-scoped dependency (not an unscoped sub-dependency).
     lifespan: bool
+    # A generator: its set-up and teardown run in a task of its own. The others
+    # are called one after the other by a starter task, and one that has to wait
+    # keeps that task (as if it were its own) while a new one goes on.
+    own_task: bool
     # Its sub-dependencies, (parameter name, node), and the nodes that need it.
-    subs: list[tuple[str | None, "_Node"]] = field(default_factory=list)
-    dependents: list["_Node"] = field(default_factory=list)
-    ready: anyio.Event = field(default_factory=anyio.Event)
-    set_up_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    # (Empty tuples until there is one: many nodes have none, and fewer objects
+    # for the garbage collector to track make a startup with many faster.)
+    subs: list[tuple[str | None, "_Node"]] | tuple[()] = ()
+    dependents: list["_Node"] | tuple[()] = ()
+    # Sub-dependencies not set up yet: it starts when none is left.
+    waiting: int = 0
     value: Any = None
     ok: bool = False
-    # Set up, with something to exit at shutdown.
-    has_exit: bool = False
+    # Set up, with something to exit at shutdown: its task waits for this event.
+    may_exit: anyio.Event | None = None
     # Dependents set up and not yet torn down.
     pending: int = 0
-    may_exit: anyio.Event = field(default_factory=anyio.Event)
-    exited: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def name(self) -> str:
+        return _describe(self.declared, self.used)
+
+    def values(self) -> dict[str, Any]:
+        if not self.subs:
+            return {}
+        return {name: sub.value for name, sub in self.subs if name is not None}
 
 
 @dataclass(slots=True)
@@ -255,6 +311,22 @@ class _Graph:
     nodes: list[_Node] = field(default_factory=list)
     instances: dict[Hashable, _Node] = field(default_factory=dict)
     cache: dict[Any, _Node] = field(default_factory=dict)
+    # The dependencies without teardown ready to start, and the cancel scope of
+    # the starter task going through them (None when no task is).
+    runnable: deque[_Node] = field(default_factory=deque)
+    starter: anyio.CancelScope | None = None
+    # Whether nothing more may start (a set-up failed, or the startup ended).
+    stopped: bool = False
+    # The cancel scopes of the set-ups that are waiting for something.
+    running: set[anyio.CancelScope] = field(default_factory=set)
+    # Tasks that may still set something up, and nodes set up.
+    tasks: int = 0
+    ready: int = 0
+    settled: anyio.Event = field(default_factory=anyio.Event)
+    tearing_down: bool = False
+    # Dependencies set up with something to exit that are not torn down yet.
+    exits: int = 0
+    exited: anyio.Event = field(default_factory=anyio.Event)
     set_up_errors: list[BaseException] = field(default_factory=list)
     tear_down_errors: list[BaseException] = field(default_factory=list)
 
@@ -265,9 +337,8 @@ class _Graph:
         instance_key = used.call if _uses_cache(dependant) else key
         node = self.instances.get(instance_key)
         if node is None:
-            name = _describe(dependant, used)
-            node = self.instances[instance_key] = self._start(
-                used, overrides, name=name, lifespan=True
+            node = self.instances[instance_key] = self._add(
+                dependant, used, overrides, lifespan=True
             )
         return node
 
@@ -275,82 +346,185 @@ class _Graph:
         used = _replacement(dependant, overrides)
         if dependant.use_cache and used.call in self.cache:
             return self.cache[used.call]
-        node = self._start(used, overrides, name=_describe(dependant, used))
+        node = self._add(dependant, used, overrides)
         self.cache.setdefault(used.call, node)
         return node
 
-    def _start(
+    def _add(
         self,
-        dependant: Dependant,
+        declared: Dependant,
+        used: Dependant,
         overrides: dict[Any, Any],
         *,
-        name: str,
         lifespan: bool = False,
     ) -> _Node:
-        node = _Node(name=name, lifespan=lifespan)
-        for sub_dependant in dependant.dependencies:
-            if sub_dependant.scope == "lifespan":
-                key = lifespan_key(sub_dependant, parent=dependant)
-                sub = self.lifespan_node(sub_dependant, key, overrides)
-            else:
-                sub = self._unscoped_node(sub_dependant, overrides)
-            node.subs.append((sub_dependant.name, sub))
-            sub.dependents.append(node)
+        call = used.call
+        own_task = _is_async_gen_callable(call) or _is_gen_callable(call)
+        # (Positional: a node per dependency, and keywords cost more here.)
+        node = _Node(declared, used, lifespan, own_task)
+        if used.dependencies:
+            node.subs = subs = []
+            for sub_dependant in used.dependencies:
+                if sub_dependant.scope == "lifespan":
+                    key = lifespan_key(sub_dependant, parent=used)
+                    sub = self.lifespan_node(sub_dependant, key, overrides)
+                else:
+                    sub = self._unscoped_node(sub_dependant, overrides)
+                subs.append((sub_dependant.name, sub))
+                if sub.dependents:
+                    sub.dependents.append(node)
+                else:
+                    sub.dependents = [node]
+            node.waiting = len(subs)
+        else:
+            # Needs none of the others: it starts once the graph is built (its
+            # task, or the starter task, runs at the next await).
+            self._schedule(node)
         self.nodes.append(node)
-        self.task_group.start_soon(self._run, node, dependant)
         return node
 
-    async def _run(self, node: _Node, dependant: Dependant) -> None:
-        """Set the dependency up once its sub-dependencies are; later, exit it."""
-        solver = _ObservedSolver(teardowns=[], observer=self.observer)
-        # Cancelled only while it is being set up. Its set-up and teardown run
-        # in it, so a generator may open a task group around its yield.
-        with node.set_up_scope:
+    def _schedule(self, node: _Node) -> None:
+        if node.own_task:
+            self.tasks += 1
+            self.task_group.start_soon(self._run, node)
+            return
+        self.runnable.append(node)
+        if self.starter is None:
+            self._new_starter()
+
+    def _new_starter(self) -> None:
+        self.starter = anyio.CancelScope()
+        self.tasks += 1
+        self.task_group.start_soon(self._start_set_ups, self.starter)
+
+    async def _start_set_ups(self, scope: anyio.CancelScope) -> None:
+        """
+        Call the runnable dependencies without teardown one after the other, in
+        this task, while each returns without waiting: no task each for those
+        that never wait. One that waits keeps this task, and a new one goes on.
+        """
+        with scope:
             try:
-                values: dict[str, Any] = {}
-                for name, sub in node.subs:
-                    await sub.ready.wait()
-                    if not sub.ok:
-                        # A dependency failed: that is the error reported.
+                while self.runnable and not self.stopped:
+                    node = self.runnable.popleft()
+                    call = node.used.call
+                    coroutine = self.observer.observe(
+                        call, _SET_UP, _set_up_step(call, node.values())
+                    )
+                    try:
+                        suspended_at = coroutine.send(None)
+                    except StopIteration as done:
+                        self._set_up(node, done.value)
+                    except BaseException as error:
+                        self._fail(node, error)
+                    else:
+                        self.starter = None
+                        if self.runnable:
+                            self._new_starter()
+                        await self._await_set_up(
+                            node, scope, _resume(coroutine, suspended_at)
+                        )
                         return
-                    if name is not None:
-                        values[name] = sub.value
-                node.value = await solver._enter(dependant, values)
-                node.ok = True
-                node.has_exit = bool(solver.teardowns)
-                for _, sub in node.subs:
-                    sub.pending += 1
-            except anyio.get_cancelled_exc_class():
-                raise
-            except BaseException as error:
-                self._fail(node, error)
-                return
             finally:
-                node.ready.set()
-            if not node.has_exit:
-                return
+                if self.starter is scope:
+                    self.starter = None
+                self.tasks -= 1
+                self._check_settled()
+
+    async def _run(self, node: _Node) -> None:
+        """Set a generator up; once its dependents are torn down, exit it."""
+        solver = _ObservedSolver(teardowns=[], observer=self.observer)
+        # Its set-up and teardown run in it, so a generator may open a task group
+        # around its yield.
+        with anyio.CancelScope() as scope:
+            try:
+                if self.stopped or not await self._await_set_up(
+                    node, scope, solver._enter(node.used, node.values())
+                ):
+                    return
+            finally:
+                self.tasks -= 1
+                self._check_settled()
             name, context_manager = solver.teardowns[0]
+            if not node.ok:
+                # Set up after the shutdown began (its set-up outlived its
+                # cancellation): nothing depends on it, exit it now.
+                await self._tear_down_one(name, context_manager)
+                return
+            node.may_exit = anyio.Event()
+            self.exits += 1
             # Not interrupted by a cancellation of the lifespan, so that its
             # dependents are still torn down first; the teardown itself is.
             with anyio.CancelScope(shield=True):
                 await node.may_exit.wait()
-            try:
-                await context_manager.__aexit__(None, None, None)
-            except BaseException as error:
-                self.tear_down_errors.append(_named(error, name))
+            await self._tear_down_one(name, context_manager)
             self._release(node)
+
+    async def _await_set_up(
+        self, node: _Node, scope: anyio.CancelScope, set_up: Awaitable[Any]
+    ) -> bool:
+        """
+        Wait for the set-up of `node`, which a failure of another cancels (with
+        `scope`, the cancel scope of its task); whether it succeeded.
+        """
+        self.running.add(scope)
+        try:
+            value = await set_up
+        except BaseException as error:
+            self._fail(node, error)
+            if isinstance(error, anyio.get_cancelled_exc_class()):
+                raise
+            return False
+        finally:
+            self.running.discard(scope)
+        self._set_up(node, value)
+        return True
+
+    async def _tear_down_one(
+        self, name: str, context_manager: AbstractAsyncContextManager[Any]
+    ) -> None:
+        try:
+            await context_manager.__aexit__(None, None, None)
+        except BaseException as error:
+            self.tear_down_errors.append(_named(error, name))
+
+    def _set_up(self, node: _Node, value: Any) -> None:
+        """`node` is ready: start what was waiting for it."""
+        node.value = value
+        self.ready += 1
+        # Once the shutdown began, it is torn down on its own (see `_run`).
+        if not self.tearing_down:
+            node.ok = True
+            for _, sub in node.subs:
+                sub.pending += 1
+        for dependent in node.dependents:
+            dependent.waiting -= 1
+            if dependent.waiting == 0 and not self.stopped:
+                self._schedule(dependent)
+        if self.ready == len(self.nodes):
+            self.settled.set()
 
     def _fail(self, node: _Node, error: BaseException) -> None:
         """Cancel the set-ups still running; name the lifespan dependency."""
+        if self.stopped and isinstance(error, anyio.get_cancelled_exc_class()):
+            # Cancelled because of the failure (or the end) of the startup.
+            return
         if isinstance(error, Exception):
             _note_failed_set_up(error, self._lifespan_name(node))
         self.set_up_errors.append(error)
-        self._cancel_set_ups()
+        self._stop()
 
-    def _cancel_set_ups(self) -> None:
-        for node in self.nodes:
-            if not node.ready.is_set():
-                node.set_up_scope.cancel()
+    def _stop(self) -> None:
+        """Start nothing more; cancel the set-ups still running."""
+        self.stopped = True
+        self.runnable.clear()
+        for scope in self.running:
+            scope.cancel()
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        if self.ready == len(self.nodes) or (self.stopped and self.tasks == 0):
+            self.settled.set()
 
     def _lifespan_name(self, node: _Node) -> str:
         """The lifespan dependency whose set-up `node` is part of."""
@@ -361,10 +535,9 @@ class _Graph:
 
     async def wait_set_up(self) -> None:
         try:
-            for node in self.nodes:
-                await node.ready.wait()
+            await self.settled.wait()
         except BaseException:
-            self._cancel_set_ups()
+            self._stop()
             raise
         if self.set_up_errors:
             error, *others = self.set_up_errors
@@ -374,29 +547,40 @@ class _Graph:
 
     def _exit(self, node: _Node) -> None:
         """Tear `node` down: everything that depends on it has been."""
-        if node.has_exit:
+        if node.may_exit is not None:
             node.may_exit.set()
         else:
             self._release(node)
 
     def _release(self, node: _Node) -> None:
-        node.exited.set()
-        for _, sub in node.subs:
-            sub.pending -= 1
-            if sub.pending == 0:
-                self._exit(sub)
+        """`node` is torn down: exit the sub-dependencies nothing else needs."""
+        released = [node]
+        while released:
+            node = released.pop()
+            if node.may_exit is not None:
+                self.exits -= 1
+                if self.exits == 0:
+                    self.exited.set()
+            for _, sub in node.subs:
+                sub.pending -= 1
+                if sub.pending == 0:
+                    if sub.may_exit is not None:
+                        sub.may_exit.set()
+                    else:
+                        released.append(sub)
 
     async def tear_down(self) -> list[BaseException]:
         """Exit every dependency set up, dependents first, concurrently."""
+        self.tearing_down = True
         done = [node for node in self.nodes if node.ok]
         # Those nothing depends on; the others follow as their dependents end.
         for node in [node for node in done if node.pending == 0]:
             self._exit(node)
-        # Each teardown runs in its dependency's task, which a cancellation of
-        # the lifespan interrupts too: this wait ends with them.
-        with anyio.CancelScope(shield=True):
-            for node in done:
-                await node.exited.wait()
+        if self.exits:
+            # Each teardown runs in its dependency's task, which a cancellation
+            # of the lifespan interrupts too: this wait ends with them.
+            with anyio.CancelScope(shield=True):
+                await self.exited.wait()
         return self.tear_down_errors
 
     def abandon(self) -> None:
@@ -405,7 +589,8 @@ class _Graph:
         anyway (in no particular order), so that every task ends.
         """
         for node in self.nodes:
-            node.may_exit.set()
+            if node.may_exit is not None:
+                node.may_exit.set()
 
 
 @dataclass(slots=True)
