@@ -7,15 +7,24 @@ app's native telemetry traces, a span for each, under one span for the startup
 and one for the shutdown.
 
 With `FastAPI(concurrent_lifespan_dependencies=True)`, the dependencies are set
-up concurrently: each starts once everything it depends on is ready, in a task
-of its own that later runs its teardown too, and a dependency is torn down only
-after everything that depends on it has been.
+up concurrently: each starts once everything it depends on is ready, and a
+dependency is torn down only after everything that depends on it has been. A
+generator runs in a task of its own, which later runs its teardown too; the
+others are called one after the other by a starter task as long as each returns
+without waiting, so that many instant ones cost about what they cost one after
+the other, and one that waits keeps that task while a new one goes on.
 """
 
 import time
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Generator,
+    Hashable,
+    Iterator,
+)
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -233,21 +242,21 @@ class _ObservedRun(_LifespanRun):
 
 
 @types.coroutine
-def _resume(coroutine: Coroutine[Any, Any, Any], suspended_at: Any) -> Any:
+def _resume(steps: Generator[Any, Any, Any], suspended_at: Any) -> Any:
     """
-    Await a coroutine that was already stepped once and suspended (at
-    `suspended_at`): the rest of what `await coroutine` would have done, in the
-    task that stepped it, whatever the async backend.
+    Await a coroutine (or generator-based one) that was already stepped and
+    suspended (at `suspended_at`): the rest of what awaiting it would have
+    done, in the task that stepped it, whatever the async backend.
     """
     yielded = suspended_at
     while True:
-        # What the task sends (or throws: a cancellation) goes to the coroutine.
+        # What the task sends (or throws: a cancellation) goes on to `steps`.
         try:
             sent = yield yielded
         except BaseException as error:
-            step = partial(coroutine.throw, error)
+            step = partial(steps.throw, error)
         else:
-            step = partial(coroutine.send, sent)
+            step = partial(steps.send, sent)
         try:
             yielded = step()
         except StopIteration as done:
@@ -405,31 +414,52 @@ class _Graph:
         """
         with scope:
             try:
-                while self.runnable and not self.stopped:
-                    node = self.runnable.popleft()
-                    call = node.used.call
-                    coroutine = self.observer.observe(
-                        call, _SET_UP, _set_up_step(call, node.values())
-                    )
-                    try:
-                        suspended_at = coroutine.send(None)
-                    except StopIteration as done:
-                        self._set_up(node, done.value)
-                    except BaseException as error:
-                        self._fail(node, error)
-                    else:
-                        self.starter = None
-                        if self.runnable:
-                            self._new_starter()
-                        await self._await_set_up(
-                            node, scope, _resume(coroutine, suspended_at)
-                        )
-                        return
+                set_ups = self._set_ups_in_turn(scope)
+                try:
+                    suspended_at = set_ups.send(None)
+                except StopIteration:
+                    return
+                # One waits: this task stays with it (what it entered, a cancel
+                # scope say, belongs to this task), a new one goes on.
+                self.starter = None
+                if self.runnable:
+                    self._new_starter()
+                self.running.add(scope)
+                try:
+                    await _resume(set_ups, suspended_at)
+                finally:
+                    self.running.discard(scope)
             finally:
                 if self.starter is scope:
                     self.starter = None
                 self.tasks -= 1
                 self._check_settled()
+
+    @types.coroutine
+    def _set_ups_in_turn(self, scope: anyio.CancelScope) -> Generator[Any, Any, None]:
+        """
+        The set-ups of the starter task with `scope`, one after the other: it
+        yields only when one waits (its await's own yield), and then ends with
+        that one.
+        """
+        while self.runnable and not self.stopped:
+            node = self.runnable.popleft()
+            call = node.used.call
+            try:
+                value = yield from self.observer.observe(
+                    call, _SET_UP, _set_up_step(call, node.values())
+                )
+            except BaseException as error:
+                self._fail(node, error)
+                if self.starter is scope:
+                    # It failed without waiting: nothing more starts.
+                    continue
+                if isinstance(error, anyio.get_cancelled_exc_class()):
+                    raise
+                return
+            self._set_up(node, value)
+            if self.starter is not scope:
+                return
 
     async def _run(self, node: _Node) -> None:
         """Set a generator up; once its dependents are torn down, exit it."""
