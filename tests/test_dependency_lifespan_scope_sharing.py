@@ -156,4 +156,5 @@ def test_unscoped_sub_dependency_runs_once_for_the_whole_startup():
     with TestClient(app) as client:
         assert client.get("/").json() == ["settings", "settings"]
         assert client.get("/").json() == ["settings", "settings"]
-    assert calls == ["settings", "fresh", "fresh"]
+    # Independent set-ups: their order is not what this checks.
+    assert sorted(calls) == ["fresh", "fresh", "settings"]
