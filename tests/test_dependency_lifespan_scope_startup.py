@@ -29,6 +29,30 @@ class SetupError(Exception):
     pass
 
 
+def start_with_timeout(app: FastAPI, seconds: float) -> list[str]:
+    """
+    Start the app's lifespan as a server with a startup timeout of `seconds`
+    does; return the types of the messages the app sent.
+    """
+    sent: list[str] = []
+
+    async def main() -> None:
+        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
+
+        async def send(message: Any) -> None:
+            sent.append(message["type"])
+
+        async with send_stream, receive_stream:
+            await send_stream.send({"type": "lifespan.startup"})
+            with anyio.move_on_after(seconds):
+                await app(
+                    {"type": "lifespan", "state": {}}, receive_stream.receive, send
+                )
+
+    anyio.run(main)
+    return sent
+
+
 def test_concurrent_is_off_by_default():
     # In a new interpreter: a test run may switch the default on for every app.
     code = "import fastapi; print(fastapi.FastAPI().concurrent_lifespan_dependencies)"
@@ -342,24 +366,8 @@ def test_cancelled_startup_tears_down_what_was_set_up():
     ) -> None:
         pass  # pragma: no cover
 
-    sent: list[str] = []
-
-    async def main() -> None:
-        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
-
-        async def send(message: Any) -> None:
-            sent.append(message["type"])
-
-        async with send_stream, receive_stream:
-            await send_stream.send({"type": "lifespan.startup"})
-            # A server's startup timeout, while "slow" is still setting up.
-            with anyio.move_on_after(0.3):
-                await app(
-                    {"type": "lifespan", "state": {}}, receive_stream.receive, send
-                )
-
-    anyio.run(main)
-    assert sent == ["lifespan.startup.failed"]
+    # A server's startup timeout, while "slow" is still setting up.
+    assert start_with_timeout(app, 0.3) == ["lifespan.startup.failed"]
     assert events == ["pool up", "slow started", "pool down"]
 
 
@@ -456,23 +464,7 @@ def test_a_set_up_that_outlives_a_cancelled_startup_is_torn_down():
     def read(pool: Annotated[str, Depends(get_pool, scope="lifespan")]) -> None:
         pass  # pragma: no cover
 
-    sent: list[str] = []
-
-    async def main() -> None:
-        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
-
-        async def send(message: Any) -> None:
-            sent.append(message["type"])
-
-        async with send_stream, receive_stream:
-            await send_stream.send({"type": "lifespan.startup"})
-            with anyio.move_on_after(0.1):
-                await app(
-                    {"type": "lifespan", "state": {}}, receive_stream.receive, send
-                )
-
-    anyio.run(main)
-    assert sent == ["lifespan.startup.failed"]
+    assert start_with_timeout(app, 0.1) == ["lifespan.startup.failed"]
     assert events == ["pool started", "pool up", "pool down"]
 
 

@@ -531,8 +531,7 @@ class _Graph:
             dependent.waiting -= 1
             if dependent.waiting == 0 and not self.stopped:
                 self._schedule(dependent)
-        if self.ready == len(self.nodes):
-            self.settled.set()
+        self._check_settled()
 
     def _fail(self, node: _Node, error: BaseException) -> None:
         """Cancel the set-ups still running; name the lifespan dependency."""
