@@ -185,7 +185,7 @@ def test_overrides_changed_while_running_take_effect_at_next_startup():
         # Never the real value silently, once it is overridden.
         with pytest.raises(FastAPIError, match=stale) as exc:
             client.get("/")
-        assert "apply when the lifespan starts" in str(exc.value)
+        assert "apply when the app's lifespan starts" in str(exc.value)
     with TestClient(app) as client:
         assert client.get("/").json() == "fake"
         app.dependency_overrides.clear()

@@ -192,23 +192,23 @@ NEEDS: list[tuple[Callable[..., Any], str, str]] = [
     (form_default, "name", 'needs the form parameter "name"'),
     (file_annotated, "upload", 'needs the file parameter "upload"'),
     (file_default, "upload", 'needs the file parameter "upload"'),
-    (needs_request, "request", 'needs the parameter "request" (the Request)'),
-    (needs_websocket, "websocket", 'needs the parameter "websocket" (the WebSocket)'),
+    (needs_request, "request", 'needs the parameter "request" (request)'),
+    (needs_websocket, "websocket", 'needs the parameter "websocket" (websocket)'),
     (
         needs_connection,
         "connection",
-        'needs the parameter "connection" (the HTTPConnection)',
+        'needs the parameter "connection" (http connection)',
     ),
-    (needs_response, "response", 'needs the parameter "response" (the Response)'),
+    (needs_response, "response", 'needs the parameter "response" (response)'),
     (
         needs_background_tasks,
         "tasks",
-        'needs the parameter "tasks" (the BackgroundTasks)',
+        'needs the parameter "tasks" (background tasks)',
     ),
     (
         needs_security_scopes,
         "scopes",
-        'needs the parameter "scopes" (the SecurityScopes)',
+        'needs the parameter "scopes" (security scopes)',
     ),
     (
         request_scope_annotated,
@@ -231,8 +231,8 @@ NEEDS: list[tuple[Callable[..., Any], str, str]] = [
         'depends on "request_scoped" with scope "function"',
     ),
     # A security scheme reads the request (or the WebSocket) it is called for.
-    (security_annotated, "token", 'needs the parameter "request" (the HTTPConnection)'),
-    (security_default, "token", 'needs the parameter "request" (the HTTPConnection)'),
+    (security_annotated, "token", 'needs the parameter "request" (http connection)'),
+    (security_default, "token", 'needs the parameter "request" (http connection)'),
 ]
 
 

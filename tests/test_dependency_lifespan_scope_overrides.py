@@ -83,12 +83,12 @@ def needs_query_deeper(
         ),
         (
             needs_request,
-            'the parameter "request" (the Request)',
+            'the parameter "request" (request)',
             "settings=needs_request (overriding get_settings)",
         ),
         (
             needs_background_tasks,
-            'the parameter "tasks" (the BackgroundTasks)',
+            'the parameter "tasks" (background tasks)',
             "settings=needs_background_tasks (overriding get_settings)",
         ),
         (
@@ -123,7 +123,7 @@ def test_override_of_a_lifespan_sub_dependency_needing_request_data_fails_startu
         with TestClient(app):
             pass  # pragma: no cover
     assert (
-        'needs the parameter "request" (the Request) (through get_client -> '
+        'needs the parameter "request" (request) (through get_client -> '
         "cache=needs_request (overriding get_cache))."
     ) in str(exc.value)
     assert events == []

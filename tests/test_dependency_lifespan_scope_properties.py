@@ -308,6 +308,9 @@ async def serve(
         scopes[0].deadline = anyio.current_time() + STARTUP_DEADLINE_SECONDS
         while not sent and error is None:
             await anyio.sleep(0.001)
+        # A failed startup is reported, then raised once the lifespan has ended.
+        while sent and sent[0]["type"] == "lifespan.startup.failed" and error is None:
+            await anyio.sleep(0.001)
         startup_length = len(log)
         if sent and sent[0]["type"] == "lifespan.startup.complete":
             scopes[0].deadline = math.inf

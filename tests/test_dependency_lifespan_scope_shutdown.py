@@ -160,7 +160,8 @@ def test_teardown_error_and_app_shutdown_error_are_both_kept():
         with TestClient(app):
             pass
     assert exc.value.__notes__ == [
-        "The app's shutdown failed: RuntimeError('app shutdown failed')"
+        'while tearing down the lifespan-scoped dependency "failing"',
+        "The app's shutdown failed: RuntimeError('app shutdown failed')",
     ]
 
 

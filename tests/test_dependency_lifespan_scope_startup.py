@@ -4,13 +4,11 @@ import sys
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Annotated, Any
 
 import anyio
 import pytest
 from fastapi import Depends, FastAPI
-from fastapi.dependencies import lifespan
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -18,7 +16,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 from opentelemetry.trace import StatusCode
-from starlette.applications import Starlette
 
 # Each test waits on the other dependency at most this long: only concurrent
 # set-ups meet within it, and a failing test never hangs.

@@ -25,17 +25,17 @@ from contextlib import AbstractAsyncContextManager, contextmanager
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
 from fastapi.dependencies.lifespan import (
     _Declaration,
-    _named,
+    _exit,
     _note_set_up_failure,
     _Solver,
-    _Teardowns,
     _tear_down,
+    _Teardowns,
 )
 from fastapi.dependencies.lifespan import (
     _set_up_values as _set_up_one_after_the_other,
@@ -196,9 +196,7 @@ class _Run:
 
 # The run of the lifespan in progress in this task (set at startup, read at
 # shutdown and in the tasks the run starts).
-_current_run: ContextVar[_Run | None] = ContextVar(
-    "fastapi_lifespan_run", default=None
-)
+_current_run: ContextVar[_Run | None] = ContextVar("fastapi_lifespan_run", default=None)
 # The task group around the lifespan, when its dependencies run concurrently.
 _current_task_group: ContextVar[anyio.abc.TaskGroup | None] = ContextVar(
     "fastapi_lifespan_task_group", default=None
@@ -397,10 +395,8 @@ class _Graph:
     set_up_errors: list[BaseException] = field(default_factory=list)
     tear_down_errors: list[BaseException] = field(default_factory=list)
 
-    def add(
-        self, dependant: Dependant, parent: Dependant | None, overrides: dict[Any, Any]
-    ) -> _Node:
-        slots, key, used = self.solver.slot(dependant, parent, overrides)
+    def add(self, dependant: Dependant, overrides: dict[Any, Any]) -> _Node:
+        slots, key, used = self.solver.slot(dependant, overrides)
         node: _Node | None = slots.get(key)
         if node is not None and (dependant.use_cache or dependant.scope == "lifespan"):
             return node
@@ -412,7 +408,7 @@ class _Graph:
         if used.dependencies:
             node.subs = subs = []
             for sub_dependant in used.dependencies:
-                sub = self.add(sub_dependant, used, overrides)
+                sub = self.add(sub_dependant, overrides)
                 subs.append((sub_dependant.name, sub))
                 if sub.dependents:
                     sub.dependents.append(node)
@@ -431,10 +427,10 @@ class _Graph:
     ) -> dict[Hashable, tuple[Any, Any]]:
         self.host_scope.__enter__()
         roots = {}
-        for key, (declared, parent, provider) in declarations.items():
+        for key, (declared, provider) in declarations.items():
             overrides = getattr(provider, "dependency_overrides", {})
             call = overrides.get(declared.call, declared.call)
-            roots[key] = (call, self.add(declared, parent, overrides))
+            roots[key] = (call, self.add(declared, overrides))
         try:
             await self.settled.wait()
         except BaseException:
@@ -547,11 +543,9 @@ class _Graph:
                 self.host_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await node.may_exit.wait()
-            name, context_manager = solver.teardowns[0]
             try:
-                await context_manager.__aexit__(None, None, None)
-            except BaseException as error:
-                self.tear_down_errors.append(_named(error, name))
+                if teardown_error := await _exit(*solver.teardowns[0]):
+                    self.tear_down_errors.append(teardown_error)
             finally:
                 self._finish(node)
 
@@ -576,12 +570,11 @@ class _Graph:
         self.setting_up -= 1
         if not (self.stopped and isinstance(error, anyio.get_cancelled_exc_class())):
             if isinstance(error, Exception):
+                # Named after the lifespan-scoped dependency it is part of.
                 lifespan_node = node
                 while not lifespan_node.lifespan:
-                    lifespan_node = lifespan_node.dependents[0]
-                _note_set_up_failure(
-                    error, lifespan_node.declared, lifespan_node.used
-                )
+                    lifespan_node = cast(list[_Node], lifespan_node.dependents)[0]
+                _note_set_up_failure(error, lifespan_node.declared, lifespan_node.used)
             self.set_up_errors.append(error)
             self._stop()
         self._finish(node)
