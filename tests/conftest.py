@@ -20,6 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -27,7 +28,7 @@ import pytest
 
 T = TypeVar("T")
 
-# The application name of the tests' own connection, which is never counted.
+# The application name of the tests' own connections, which are never counted.
 WITNESS = "fastapi-tests-witness"
 # Generous for a loaded 2-core machine: a backend ends within milliseconds of its
 # client closing the connection.
@@ -106,9 +107,42 @@ class PostgreSQL:
     def connections(self, database: str) -> int:
         """The connections to the database, as the server sees them now."""
         count: int = self.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", database
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = $1 AND application_name <> $2",
+            database,
+            WITNESS,
         )
         return count
+
+    def waiting_for_a_lock(self, database: str) -> int:
+        """The connections to the database whose query waits for a lock now."""
+        count: int = self.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = $1 AND wait_event_type = 'Lock'",
+            database,
+        )
+        return count
+
+    @contextmanager
+    def advisory_lock(self, database: str, key: int) -> Iterator[None]:
+        """
+        Hold the advisory lock ``key`` of the database, on a connection of the
+        tests' own: a query that asks for it waits until the block ends. (That
+        connection counts among the database's sessions.)
+        """
+        import asyncpg
+
+        connection = self._run(
+            asyncpg.connect(
+                self.url(database), server_settings={"application_name": WITNESS}
+            )
+        )
+        try:
+            self._run(connection.execute("SELECT pg_advisory_lock($1)", key))
+            yield
+        finally:
+            # The session's end releases the lock.
+            self._run(connection.close())
 
     def backends(self, database: str) -> dict[int, str]:
         """
@@ -117,8 +151,10 @@ class PostgreSQL:
         """
         rows = self._run(
             self._witness.fetch(
-                "SELECT pid, application_name FROM pg_stat_activity WHERE datname = $1",
+                "SELECT pid, application_name FROM pg_stat_activity "
+                "WHERE datname = $1 AND application_name <> $2",
                 database,
+                WITNESS,
             )
         )
         return {row["pid"]: row["application_name"] for row in rows}
