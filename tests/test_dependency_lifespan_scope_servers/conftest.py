@@ -8,8 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,8 @@ ROOT = Path(__file__).parents[2]
 # Generous bounds for a loaded 2-core machine; a passing run takes far less.
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
+# How long a client waits for an answer or a message: a bound for a hang only.
+CLIENT_TIMEOUT = 30.0
 
 # Hypercorn 0.18.0 awaits asyncio's Server.wait_closed() before it starts its
 # graceful timeout (hypercorn issue #308), and from CPython 3.12 on that waits for
@@ -50,6 +53,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "servers: starts real server processes or runs long load and soak loops "
         "(run them alone with -m servers, skip them with -m 'not servers')",
     )
+
+
+def join_new_threads(
+    baseline: Collection[threading.Thread], timeout: float = STOP_TIMEOUT
+) -> list[threading.Thread]:
+    """
+    Wait for the threads started since the baseline to end (a TestClient's or an
+    event loop's worker threads end soon after their run); those still alive after
+    the timeout, which a run that keeps a thread would leave.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread not in baseline:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread for thread in threading.enumerate() if thread not in baseline]
 
 
 def free_port() -> int:

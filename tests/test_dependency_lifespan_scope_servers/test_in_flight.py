@@ -11,12 +11,15 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from .conftest import HYPERCORN_APPLIES_GRACEFUL_TIMEOUT, Serve, Server
+from .conftest import (
+    CLIENT_TIMEOUT,
+    HYPERCORN_APPLIES_GRACEFUL_TIMEOUT,
+    Serve,
+    Server,
+)
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(120)]
 
-# How long the client waits for an answer: a bound for a hang only.
-CLIENT_TIMEOUT = 30
 # The gate the slow requests wait at (app.py): the test opens it when it decides.
 GATE = "requests"
 
