@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -277,6 +278,10 @@ def build(output: Path, tree: Path | None = None) -> Path:
 
 
 def serve(site: Path, port: int) -> None:
+    # Ctrl-C stops it also where SIGINT was ignored when it started (as it is for
+    # a background job of a non-interactive shell, and for what that job starts),
+    # where Python would not turn it into a KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(site))
     with ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
         base = f"http://127.0.0.1:{server.server_address[1]}/"

@@ -196,10 +196,21 @@ def test_tab_labels_need_a_lower_bound_of_python(built: Path, tmp_path: Path):
     assert "it must read >=3.N" in result.stderr
 
 
-def test_serve_prints_the_page_url_and_serves_it(tmp_path: Path):
+# Started as a background job of a non-interactive shell starts it (`... &` in a
+# script, as a CI job may run the test command), SIGINT is ignored from the start:
+# Ctrl-C stops it all the same.
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_serve_prints_the_page_url_and_serves_it(tmp_path: Path, sigint: str):
     process = subprocess.Popen(
         [
             sys.executable,
+            *(["-c", IGNORING_SIGINT] if sigint == "ignored" else []),
             "scripts/docs.py",
             "serve",
             "--port",
