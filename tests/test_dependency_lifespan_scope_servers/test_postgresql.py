@@ -152,16 +152,17 @@ async def concurrent_queries(url: str) -> list[str | int]:
 # timeout, uvicorn (and hypercorn on 3.11) cancel them all: the lock is held until
 # the server has exited, so none can complete before.
 @pytest.mark.parametrize(
-    ("server_name", "args"),
+    ("server_name", "args", "graceful_timeout"),
     [
-        ("uvicorn", []),
-        ("uvicorn", ["--timeout-graceful-shutdown", str(GRACEFUL_TIMEOUT)]),
+        ("uvicorn", [], False),
+        ("uvicorn", ["--timeout-graceful-shutdown", str(GRACEFUL_TIMEOUT)], True),
         # A backlog for the 500 connections (hypercorn's default is 100).
         (
             "hypercorn",
             ["--backlog", "2048", "--graceful-timeout", str(GRACEFUL_TIMEOUT)],
+            True,
         ),
-        ("granian", []),
+        ("granian", [], False),
     ],
     ids=[
         "uvicorn",
@@ -177,10 +178,10 @@ def test_sigterm_during_concurrent_queries(
     database_env: dict[str, str],
     server_name: str,
     args: list[str],
+    graceful_timeout: bool,
 ):
     server = serve(server_name, *args, app=POSTGRESQL_APP, **database_env)
     worker = server.wait_ready()
-    graceful_timeout = "graceful-timeout" in " ".join(args)
     cancels = graceful_timeout and (
         server_name == "uvicorn" or HYPERCORN_APPLIES_GRACEFUL_TIMEOUT
     )
