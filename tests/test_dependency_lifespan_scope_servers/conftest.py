@@ -194,6 +194,19 @@ class Server:
         self.wait_for(ready, "the server to answer")
         return answers[-1]
 
+    def wait_for_workers_to_be_stopped(self) -> None:
+        """
+        Wait until the server's main process waits for its workers to exit (its
+        main thread in the kernel's do_wait): granian's does once it has passed a
+        stop signal on to them (terminate, then join), and not before.
+        """
+        wchan = Path(f"/proc/{self.process.pid}/wchan")
+        self.wait_for(
+            lambda: wchan.read_text() == "do_wait",
+            "the main process to wait for its workers",
+            STOP_TIMEOUT,
+        )
+
     def wait_for_shutdown_to_begin(self, worker: int) -> None:
         """
         Wait until the worker process has closed its listening socket: the first
