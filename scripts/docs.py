@@ -7,10 +7,15 @@ python3 scripts/docs.py build [--output build/docs] [--tree TREE]
     warning: zensical's own (strict mode: links to missing pages or anchors), any
     warning or error logged by a markdown extension (an mdx_include file not found),
     any Python warning, and what the checks below find in the rendered pages. With
-    --tree, the docs/ and docs_src/ of TREE (an assembled fork) are built instead.
+    --tree, the docs/, docs_src/ and pyproject.toml of TREE (an assembled fork) are
+    built instead.
 python3 scripts/docs.py serve [--output build/docs] [--port 8008]
     Build, then serve OUTPUT/site on http://127.0.0.1:PORT/ until Ctrl-C, printing the
     URL of each of our pages (--port 0 picks a free port).
+
+The examples' tabs are labelled with the oldest Python the package supports (its
+requires-python) and each tutorialNNN_non_an.py is a tab of its own, as on FastAPI's
+site (scripts/docs_include_variants.py).
 
 The checks of the rendered pages (ours: the .md files under docs/en/docs/ of this
 repository): no include directive, "{!...!}" or "///" block marker left as text; every
@@ -33,8 +38,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tomllib
 import warnings
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -101,6 +108,18 @@ def our_pages() -> list[str]:
     ]
 
 
+def oldest_python(pyproject: Path) -> str:
+    """The oldest Python the package supports, from its requires-python (">=3.11")."""
+    requires = tomllib.loads(pyproject.read_text())["project"]["requires-python"]
+    match = re.fullmatch(r">=\s*(3\.\d+)(?:\.\d+)?", requires.strip())
+    if match is None:
+        raise DocsBuildError(
+            f"{pyproject}: requires-python is {requires!r}; the tabs of the examples "
+            "are labelled with its lower bound, so it must read >=3.N"
+        )
+    return match.group(1)
+
+
 def page_title(markdown: str) -> str:
     match = re.search(r"^# (.+?)(?:\s*\{\s*#[^}]*\})?\s*$", markdown, re.MULTILINE)
     return match.group(1) if match else "Untitled"
@@ -124,6 +143,7 @@ def stage(src: Path, tree: Path | None) -> Path:
     else:
         for folder in ("docs", "docs_src"):
             shutil.copytree(tree / folder, src / folder)
+        shutil.copyfile(tree / "pyproject.toml", src / "pyproject.toml")
         version = "(from " + str(tree) + ")"
     docs = src / DOCS
     for page, title in UPSTREAM_PAGES.items():
@@ -145,6 +165,9 @@ def stage(src: Path, tree: Path | None) -> Path:
     yaml: Any = importlib.import_module("yaml")
     config = yaml.safe_load(CONFIG.read_text())
     config.update(docs_dir="docs", site_dir="site", nav=["index.md", *pages])
+    config["markdown_extensions"]["docs_include_variants"] = {
+        "python": oldest_python(src / "pyproject.toml")
+    }
     config_file = src / "docs" / "en" / "mkdocs.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     return config_file
@@ -255,6 +278,10 @@ def build(output: Path, tree: Path | None = None) -> Path:
 
 
 def serve(site: Path, port: int) -> None:
+    # Ctrl-C stops it also where SIGINT was ignored when it started (as it is for
+    # a background job of a non-interactive shell, and for what that job starts),
+    # where Python would not turn it into a KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(site))
     with ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
         base = f"http://127.0.0.1:{server.server_address[1]}/"

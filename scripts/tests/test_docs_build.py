@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -61,38 +62,72 @@ def expected(hl: str) -> set[int]:
     return lines
 
 
+def non_annotated(path: str) -> Path | None:
+    """The `_non_an` variant of an included example, where it has one."""
+    example = (ROOT / "docs/en" / path).resolve()
+    variant = example.with_name(f"{example.stem}_non_an.py")
+    return variant if variant.is_file() else None
+
+
+# Each example is shown in a tab named after the oldest Python the package
+# supports (its requires-python), and its `_non_an` variant, where it has one, in a
+# tab of its own under "Other versions and variants", as on FastAPI's site.
+def tab_labels(built: Path) -> tuple[str, str]:
+    pyproject = tomllib.loads((built / "src" / "pyproject.toml").read_text())
+    python = pyproject["project"]["requires-python"].removeprefix(">=")
+    return f"Python {python}+", f"Python {python}+ - non-Annotated"
+
+
 def test_every_include_is_its_example_with_its_highlighted_lines(built: Path):
     # One include per example (the `_non_an` variants are its tabs).
     examples = (ROOT / "docs_src/lifespan_scoped_dependencies").glob("tutorial*.py")
     assert len(INCLUDES) == len([p for p in examples if "_non_an" not in p.stem])
     blocks = [
         (
-            html.unescape(re.sub(r"<[^>]+>", "", code)),
+            html.unescape(re.sub(r"<[^>]+>", "", code)).rstrip("\n") + "\n",
             set(map(int, HIGHLIGHTED.findall(code))),
         )
         for code in CODE_BLOCK.findall(rendered(built))
     ]
-    for path, hl in INCLUDES:
+    variants = [non_annotated(path) for path, _ in INCLUDES]
+    for (path, hl), variant in zip(INCLUDES, variants, strict=True):
         source = (ROOT / "docs/en" / path).resolve().read_text()
-        assert (source.rstrip("\n") + "\n", expected(hl)) in [
-            (text.rstrip("\n") + "\n", lines) for text, lines in blocks
-        ], path
+        assert (source.rstrip("\n") + "\n", expected(hl)) in blocks, path
+        if variant is not None:
+            # The variant whole, without highlights (its lines differ).
+            assert (variant.read_text().rstrip("\n") + "\n", set()) in blocks, variant
+    assert any(variants), "no example has a _non_an variant: nothing checks its tab"
     # The page's own fenced blocks (console output) are there too, unhighlighted.
-    assert len(blocks) == len(INCLUDES) + MARKDOWN.count("\n```\n") // 2
+    assert len(blocks) == (
+        len(INCLUDES)
+        + sum(variant is not None for variant in variants)
+        + MARKDOWN.count("\n```\n") // 2
+    )
 
 
 def test_includes_are_tabs_and_blocks_are_admonitions(built: Path):
     page = rendered(built)
-    # markdown-include-variants 0.0.8 puts each include in a tab named after the
-    # oldest Python it knows; it does not know the "_non_an" variants.
-    assert page.count('<div class="tabbed-set tabbed-alternate"') == len(INCLUDES)
-    assert re.findall(r'<label for="__tabbed_\d+_1">([^<]*)</label>', page) == [
-        "Python 3.8+"
-    ] * len(INCLUDES)
+    annotated, non_annotated_label = tab_labels(built)
+    assert annotated != "Python 3.8+", annotated
+    labels: list[str] = []
+    for path, _ in INCLUDES:
+        labels.append(annotated)
+        if non_annotated(path) is not None:
+            labels.append(non_annotated_label)
+    assert re.findall(r'<label for="__tabbed_\d+_\d+">([^<]*)</label>', page) == labels
+    # Each variant's tab is under "Other versions and variants", with its tip.
+    variants = labels.count(non_annotated_label)
+    assert page.count("<summary>🤓 Other versions and variants</summary>") == variants
+    tip = "Prefer to use the <code>Annotated</code> version if possible."
+    assert page.count(tip) == variants
+    # The page's own admonitions, in order (the variants' tips left out).
     blocks = re.findall(r"^/// (\w+)(?: \| (.*))?$", MARKDOWN, re.MULTILINE)
-    assert re.findall(
-        r'<div class="admonition (\w+)">\n<p class="admonition-title">([^<]*)</p>', page
-    ) == [(kind, title or kind.capitalize()) for kind, title in blocks]
+    admonitions = re.findall(
+        r'<div class="admonition (\w+)">\n<p class="admonition-title">([^<]*)</p>\n'
+        r"(?!<p>Prefer to use the <code>Annotated</code>)",
+        page,
+    )
+    assert admonitions == [(kind, title or kind.capitalize()) for kind, title in blocks]
     assert blocks, "the page has no admonition: the comparison above checks nothing"
     assert not re.search(r"^\s*///", re.sub(r"<[^>]+>", "", page), re.MULTILINE)
 
@@ -115,8 +150,8 @@ BROKEN = {
         "Could not find any variants",
     ),
     "highlight past the end": (
-        "{* ../../docs_src/lifespan_scoped_dependencies/tutorial004.py hl[11,400] *}",
-        "exactly the highlighted lines [11, 400]",
+        f"{{* {INCLUDES[0][0]} hl[1,400] *}}",
+        "exactly the highlighted lines [1, 400]",
     ),
     "missing file of a plain include": (
         "{!../../docs_src/lifespan_scoped_dependencies/nothere.py!}",
@@ -137,6 +172,7 @@ def test_a_broken_page_fails_the_build(built: Path, tmp_path: Path, name: str):
     tree = tmp_path / "tree"
     for folder in ("docs", "docs_src"):
         shutil.copytree(built / "src" / folder, tree / folder)
+    shutil.copyfile(built / "src" / "pyproject.toml", tree / "pyproject.toml")
     page = tree / "docs/en/docs" / f"{PAGE}.md"
     page.write_text(page.read_text() + f"\n{text}\n")
     result = docs_command("build", "--tree", tree, "--output", tmp_path / "out")
@@ -144,10 +180,37 @@ def test_a_broken_page_fails_the_build(built: Path, tmp_path: Path, name: str):
     assert message in result.stdout + result.stderr
 
 
-def test_serve_prints_the_page_url_and_serves_it(tmp_path: Path):
+def test_tab_labels_need_a_lower_bound_of_python(built: Path, tmp_path: Path):
+    tree = tmp_path / "tree"
+    for folder in ("docs", "docs_src"):
+        shutil.copytree(built / "src" / folder, tree / folder)
+    pyproject = (built / "src" / "pyproject.toml").read_text()
+    requires = re.search(r'^requires-python = "(.*)"$', pyproject, re.MULTILINE)
+    assert requires is not None
+    (tree / "pyproject.toml").write_text(
+        pyproject.replace(requires.group(0), 'requires-python = "~=3.11"')
+    )
+    result = docs_command("build", "--tree", tree, "--output", tmp_path / "out")
+    assert result.returncode != 0
+    assert "requires-python is '~=3.11'" in result.stderr, result.stderr
+    assert "it must read >=3.N" in result.stderr
+
+
+# Started as a background job of a non-interactive shell starts it (`... &` in a
+# script, as a CI job may run the test command), SIGINT is ignored from the start:
+# Ctrl-C stops it all the same.
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_serve_prints_the_page_url_and_serves_it(tmp_path: Path, sigint: str):
     process = subprocess.Popen(
         [
             sys.executable,
+            *(["-c", IGNORING_SIGINT] if sigint == "ignored" else []),
             "scripts/docs.py",
             "serve",
             "--port",

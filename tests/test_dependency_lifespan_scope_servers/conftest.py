@@ -8,11 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 APP = "tests.test_dependency_lifespan_scope_servers.app:app"
@@ -20,6 +22,15 @@ ROOT = Path(__file__).parents[2]
 # Generous bounds for a loaded 2-core machine; a passing run takes far less.
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
+# How long a client waits for an answer or a message: a bound for a hang only.
+CLIENT_TIMEOUT = 30.0
+
+# Hypercorn 0.18.0 awaits asyncio's Server.wait_closed() before it starts its
+# graceful timeout (hypercorn issue #308), and from CPython 3.12 on that waits for
+# every open connection (cpython gh-79033; 3.11 returned at once). So from 3.12 on,
+# hypercorn never applies --graceful-timeout: it neither cancels a request still
+# running nor drops an open WebSocket, it waits until each one has ended.
+HYPERCORN_APPLIES_GRACEFUL_TIMEOUT = sys.version_info < (3, 12)
 
 # The events of one run of app.py without faults, in order.
 FULL_RUN = [
@@ -42,6 +53,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "servers: starts real server processes or runs long load and soak loops "
         "(run them alone with -m servers, skip them with -m 'not servers')",
     )
+
+
+def join_new_threads(
+    baseline: Collection[threading.Thread], timeout: float = STOP_TIMEOUT
+) -> list[threading.Thread]:
+    """
+    Wait for the threads started since the baseline to end (a TestClient's or an
+    event loop's worker threads end soon after their run); those still alive after
+    the timeout, which a run that keeps a thread would leave.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread not in baseline:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread for thread in threading.enumerate() if thread not in baseline]
 
 
 def free_port() -> int:
@@ -95,6 +121,7 @@ class Server:
                 [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
             ),
             "LIFESPAN_TEST_EVENTS": str(self.events_file),
+            "LIFESPAN_TEST_GATES": str(directory),
             **env,
         }
         with self.log_file.open("w") as log:
@@ -107,6 +134,10 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def open_gate(self, name: str) -> None:
+        """Let the work waiting at the gate ``name`` go on (see app.py)."""
+        (self.events_file.parent / name).touch()
 
     def log(self) -> str:
         return self.log_file.read_text()
@@ -146,14 +177,61 @@ class Server:
             f"{count} x {event!r}",
         )
 
-    def wait_ready(self) -> None:
+    def wait_ready(self) -> int:
+        """Wait until the server answers; the process id of the worker that did."""
+        answers: list[int] = []
+
         def ready() -> bool:
             try:
-                return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+                response = httpx.get(f"{self.url}/health", timeout=1)
             except httpx.TransportError:
                 return False
+            if response.status_code != 200:
+                return False
+            answers.append(response.json()["pid"])
+            return True
 
         self.wait_for(ready, "the server to answer")
+        return answers[-1]
+
+    def wait_for_workers_to_be_stopped(self) -> None:
+        """
+        Wait until the server's main process waits for its workers to exit (its
+        main thread in the kernel's do_wait): granian's does once it has passed a
+        stop signal on to them (terminate, then join), and not before.
+        """
+        wchan = Path(f"/proc/{self.process.pid}/wchan")
+        self.wait_for(
+            lambda: wchan.read_text() == "do_wait",
+            "the main process to wait for its workers",
+            STOP_TIMEOUT,
+        )
+
+    def wait_for_shutdown_to_begin(self, worker: int) -> None:
+        """
+        Wait until the worker process has closed its listening socket: the first
+        thing uvicorn, hypercorn and granian do when they start to shut down, before
+        they wait for the requests and connections still open. (Hypercorn's
+        supervisor keeps its own copy of the socket open until it exits: ask the
+        worker.)
+        """
+
+        def listening() -> bool:
+            try:
+                connections = psutil.Process(worker).net_connections("tcp")
+            except psutil.NoSuchProcess:
+                return False
+            return any(
+                connection.status == psutil.CONN_LISTEN
+                and connection.laddr.port == self.port
+                for connection in connections
+            )
+
+        self.wait_for(
+            lambda: not listening(),
+            f"worker {worker} to stop listening (its shutdown to begin)",
+            STOP_TIMEOUT,
+        )
 
     def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
         try:

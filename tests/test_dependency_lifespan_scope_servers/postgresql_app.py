@@ -79,8 +79,21 @@ def health() -> dict[str, int]:
 
 
 @app.get("/query")
-async def query(connection: Connection, sleep: float = 0) -> dict[str, int]:
+async def query(connection: Connection) -> dict[str, int]:
+    backend = await connection.fetchval("SELECT pg_backend_pid()")
+    return {"pid": os.getpid(), "backend": backend}
+
+
+async def record_request() -> None:
+    record("request started")
+
+
+# Recorded before a connection is borrowed: the test knows when each request is
+# in the app, running its query or waiting for a connection of the pool.
+@app.get("/query-after-lock", dependencies=[Depends(record_request)])
+async def query_after_lock(connection: Connection, lock: int) -> dict[str, int]:
+    """A query that waits until it can take the advisory lock ``lock``."""
     backend = await connection.fetchval(
-        "SELECT pg_backend_pid() FROM pg_sleep($1)", sleep
+        "SELECT pg_backend_pid() FROM pg_advisory_xact_lock_shared($1)", lock
     )
     return {"pid": os.getpid(), "backend": backend}

@@ -107,6 +107,8 @@ def test_concurrent_requests_share_one_live_instance(
         len({answer["settings"]["id"] for answer in answers if "settings" in answer})
         == 1
     )
+    # The clients closed their WebSockets: every endpoint ends.
+    server.wait_for_event("request ws ended", count=WEBSOCKETS)
     assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM), server.log()
     assert server.lifecycle() == FULL_RUN
     events = server.event_names()
