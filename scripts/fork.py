@@ -49,7 +49,7 @@ python scripts/fork.py build-inputs [EXTRA ...]
     Print a digest of everything the build reads from this repository (the pin,
     the backend, the series, our files) and of the EXTRA strings: scripts/run.sh
     reinstalls the fork only when it changes.
-python scripts/fork.py bump VERSION [--index-url URL] [--force]
+python scripts/fork.py bump VERSION [--index-url URL] [--force] [--venv DIR]
     Move the fork to upstream release VERSION ("newest": the newest final
     release): pin its sdist with the sha256 the package index publishes
     (PIP_INDEX_URL, or --index-url; default pypi.org), regenerate
@@ -58,7 +58,8 @@ python scripts/fork.py bump VERSION [--index-url URL] [--force]
     check. On a conflict it stops in the middle of git am, shows the patch, its
     failing hunks and what upstream changed there, and says what to do next.
     Needs a clean repository; --force replaces a work tree with unexported work.
-    See scripts/fork_bump.py.
+    The requirements are resolved in a throw-away venv, or in DIR, kept (with
+    requirements-tests.txt installed). See scripts/fork_bump.py.
 """
 
 from __future__ import annotations
@@ -1359,6 +1360,9 @@ def main(argv: list[str] | None = None) -> None:
     bump.add_argument("version", help="a release on the package index, or 'newest'")
     bump.add_argument("--index-url", help="the simple index (default: PIP_INDEX_URL)")
     bump.add_argument("--force", action="store_true")
+    bump.add_argument(
+        "--venv", help="regenerate the requirements in this new venv, kept"
+    )
     # Imported when it runs: fork_bump imports this module, and needs packages
     # (requirements-tests.txt) that the other commands, run.sh's among them, don't.
     bump.set_defaults(

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,28 +225,23 @@ def _run(command: list[str], cwd: Path, what: str) -> str:
     return result.stdout
 
 
-def test_requirements(
-    root: Path, upstream: Path, version: str, python: str = sys.executable
+def regenerate_requirements(
+    root: Path, upstream: Path, version: str, venv: Path | None = None
 ) -> str:
     """
     requirements-tests.txt for the release unpacked in `upstream`: what its
-    tests, extras and our packages need, as pip installs it in a fresh venv.
+    tests, extras and our packages need, as pip installs it in a fresh venv (a
+    throw-away one, or `venv`, kept).
     """
     requirements = fork.upstream_test_requirements(_pyproject(upstream))
     ours = our_test_requirements(root)
     with tempfile.TemporaryDirectory() as tmp:
-        venv = Path(tmp) / "venv"
-        _run([python, "-m", "venv", str(venv)], Path(tmp), "creating a venv")
-        pip = [str(venv / "bin" / "python"), "-m", "pip"]
+        where = Path(tmp) / "venv" if venv is None else venv
+        _run([sys.executable, "-m", "venv", str(where)], Path(tmp), "creating a venv")
+        pip = [str(where / "bin" / "python"), "-m", "pip"]
+        install = [*pip, "install", "--quiet", "--no-compile", *requirements]
         _run(
-            [
-                *pip,
-                "install",
-                "--quiet",
-                "--no-compile",
-                *requirements,
-                *map(str, ours),
-            ],
+            install + [str(requirement) for requirement in ours],
             Path(tmp),
             f"installing fastapi {version}'s test requirements and ours",
         )
@@ -540,6 +536,16 @@ def _cut(text: str, limit: int = SHOWN_LINES, more: str = "") -> str:
     return "\n".join(kept) + "\n"
 
 
+# git am's own advice after a failure: the report says what to do instead.
+GIT_ADVICE = (
+    "hint:",
+    "Patch failed at ",
+    "When you have resolved this problem",
+    "If you prefer to skip this patch",
+    "To restore the original branch",
+)
+
+
 def conflict_report(
     root: Path, tree: Path, stop: Stop, old: str, new: str, applied: list[str]
 ) -> str:
@@ -547,17 +553,17 @@ def conflict_report(
     old_tag = f"{fork.UPSTREAM_TAG}-{old}"
     unmerged = fork.git(tree, "diff", "--name-only", "--diff-filter=U").split()
     patch = stop.patch.relative_to(root)
+    said = stop.output.rpartition("Applying: ")[2]
     out = [
         f"bump {old} -> {new}: {patch} does not apply to fastapi {new}.\n",
-        f"{len(applied) + 1} patches before it applied (the version mark redone, "
-        f"{sum(h == 'as it was' for h in applied)} as they were, "
-        f"{sum(h != 'as it was' for h in applied)} with a three-way merge).\n\n",
+        f"The {len(applied) + 1} patches before it did (the version mark redone, "
+        f"{applied.count('as it was')} as they were, "
+        f"{len(applied) - applied.count('as it was')} with a three-way merge).\n\n",
         "git am --3way said:\n",
         _cut(
-            "\n".join(
-                line
-                for line in stop.output.splitlines()
-                if not line.startswith("hint:")
+            "Applying: "
+            + "\n".join(
+                line for line in said.splitlines() if not line.startswith(GIT_ADVICE)
             ),
             30,
         ),
@@ -565,16 +571,18 @@ def conflict_report(
     failing = failing_hunks(tree, stop.patch)
     preimages = _preimages(stop.patch)
     out.append(
-        f"\nThe hunks of {patch.name} that do not apply as they are ({len(failing)}):\n"
+        f"\nIts hunks that do not apply as they are ({len(failing)}; git merged "
+        "what it could of them, and marked the rest as conflicts):\n"
     )
     for rel, hunk in failing:
-        out.append(f"\n  {rel}, {str(hunk).splitlines()[0]}\n")
+        out.append(f"\n  {rel}:\n")
         out.append(_cut(str(hunk)))
         pristine = _show(tree, old_tag, rel)
         if _show(tree, fork.UPSTREAM_TAG, rel) is None:
             out.append(f"  fastapi {new} has no {rel}.\n")
             continue
         if pristine is None:
+            out.append(f"  fastapi {old} had no {rel}.\n")
             continue
         preimage = (
             fork.git(tree, "cat-file", "-p", preimages[rel])
@@ -585,40 +593,42 @@ def conflict_report(
         region = to_pristine(_lines(pristine), _lines(preimage), hunk.source_start, end)
         changes = upstream_changes(tree, rel, old_tag, region)
         command = f"git diff {old_tag} {fork.UPSTREAM_TAG} -- {rel}"
+        where = f"lines {region[0]}-{region[1]} of {rel} in {old}"
         if changes:
-            out.append(
-                f"  What upstream changed there between {old} and {new} (from "
-                f"{command}, lines {region[0]}-{region[1]} of {old}):\n"
-            )
+            out.append(f"  What upstream changed there, {where} ({command}):\n")
             out.append(_cut("".join(changes), more=f": {command}"))
         else:
             out.append(
-                f"  Upstream changed nothing in lines {region[0]}-{region[1]} of "
-                f"{rel} between {old} and {new}; the hunk meets what an earlier "
-                f"patch made of them ({command} shows all of upstream's changes).\n"
+                f"  Upstream changed nothing in {where}: the hunk meets what an "
+                f"earlier patch made of them ({command} shows all of upstream's "
+                "changes to the file).\n"
             )
     work = tree.relative_to(root)
     conflicts = (
         f"with conflict markers in {', '.join(unmerged)}"
         if unmerged
         else "without conflict markers (git could not merge: apply the hunks by "
-        "hand, e.g. with git apply --reject .git/rebase-apply/patch)"
+        "hand, with git apply --reject .git/rebase-apply/patch, say)"
+    )
+    left = textwrap.fill(
+        f"Left for you: {work}, stopped in git am at this patch, {conflicts}; "
+        f"its tags {old_tag} and fork-{old} are fastapi {old} and the series on "
+        f"it. pyproject.toml pins fastapi {new} and {REQUIREMENTS} is "
+        "regenerated; patches/ changes when you export.",
+        width=84,
     )
     out.append(
         f"""
-Left for you: {work}, in the middle of `git am` on this patch, {conflicts}; tags
-{old_tag} and fork-{old} hold fastapi {old} and the series on it. pyproject.toml
-pins fastapi {new} and requirements-tests.txt is regenerated; patches/ changes
-when you export.
+{left}
 
 Next:
-  1. cd {work}, resolve the conflicts (git status lists them; the whole patch:
-     git am --show-current-patch=diff), then git add the files.
-  2. git am --continue (and 1-2 again for each patch that stops).
+  1. cd {work}; resolve the conflicts (git status lists them; the whole patch:
+     git am --show-current-patch=diff) and git add the files.
+  2. git am --continue (1 and 2 again for each patch that stops).
   3. Back here: python3 scripts/fork.py export
   4. python3 scripts/fork.py check --work-tree
   5. Review git diff, run bash scripts/test.sh, commit.
-To give up: git checkout -- pyproject.toml requirements-tests.txt
+To give up: git checkout -- pyproject.toml {REQUIREMENTS}
 """
     )
     return "".join(out)
@@ -657,19 +667,34 @@ def naming_old_version(root: Path, old: str) -> list[str]:
         text=True,
         env=_git_env(),
     )
-    return result.stdout.split()
+    return [
+        f"{name} ({count})"
+        for name, _, count in (line.rpartition(":") for line in result.stdout.split())
+    ]
 
 
-def bump(wanted: str, index_url: str, force: bool, root: Path = ROOT) -> None:
+def bump(
+    wanted: str,
+    index_url: str,
+    force: bool,
+    venv: Path | None = None,
+    root: Path = ROOT,
+) -> None:
     tree = fork.WORK_TREE
     if os.environ.get("FASTAPI_FORK_UPSTREAM_SDIST"):
         raise ForkBuildError(
             "FASTAPI_FORK_UPSTREAM_SDIST names one local sdist, the old one: unset "
             "it, bump downloads the new release"
         )
+    if venv is not None and venv.exists():
+        raise ForkBuildError(f"--venv {venv}: it exists; name a new folder")
     check_clean(root)
     if not force:
         check_work_tree(root, tree)
+    patches = fork_backend.patch_files(root)
+    if not patches:
+        raise ForkBuildError("patches/ is empty: there is no series to move")
+    check_version_mark(patches[0])
     current = fork_backend.read_upstream(root)
     release = find_release(current.name, wanted, index_url)
     old, new = current.version, release.version
@@ -681,18 +706,14 @@ def bump(wanted: str, index_url: str, force: bool, root: Path = ROOT) -> None:
         print(f"note: {current.name} {new} is yanked on the index")
     sdist = fetch_release(release)
     print(f"downloaded and verified: {sdist}")
-    patches = fork_backend.patch_files(root)
-    if not patches:
-        raise ForkBuildError("patches/ is empty: there is no series to move")
     with tempfile.TemporaryDirectory() as tmp:
         old_tree, pristine = Path(tmp) / "old", Path(tmp) / "new"
         fork.build_work_tree(old_tree, root)
         pristine.mkdir()
         fork_backend.unpack_sdist(sdist, pristine)
-        print(
-            "regenerating requirements-tests.txt in a throw-away venv ...", flush=True
-        )
-        requirements = test_requirements(root, pristine, new)
+        where = "a throw-away venv" if venv is None else venv
+        print(f"regenerating {REQUIREMENTS} in {where} ...", flush=True)
+        requirements = regenerate_requirements(root, pristine, new, venv)
         before = (root / REQUIREMENTS).read_text()
         write_pin(root, release)
         (root / REQUIREMENTS).write_text(requirements)
@@ -712,8 +733,7 @@ def bump(wanted: str, index_url: str, force: bool, root: Path = ROOT) -> None:
     naming = naming_old_version(root, old)
     print(
         f"\nbumped to fastapi {new} ({mark}): pyproject.toml, {REQUIREMENTS} and "
-        f"patches/ rewritten, {tree.relative_to(root)} prepared on it (no venv: "
-        "fork.py prepare --force makes one).\n"
+        f"patches/ rewritten, {tree.relative_to(root)} prepared on it.\n"
         + (
             f"Still naming {old} (update them by hand): {', '.join(naming)}\n"
             if naming
@@ -724,4 +744,5 @@ def bump(wanted: str, index_url: str, force: bool, root: Path = ROOT) -> None:
 
 
 def cmd_bump(args: argparse.Namespace) -> None:
-    bump(args.version, args.index_url or default_index_url(), args.force)
+    venv = None if args.venv is None else Path(args.venv).resolve()
+    bump(args.version, args.index_url or default_index_url(), args.force, venv)
