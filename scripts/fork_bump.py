@@ -572,7 +572,7 @@ def conflict_report(
     preimages = _preimages(stop.patch)
     out.append(
         f"\nIts hunks that do not apply as they are ({len(failing)}; git merged "
-        "what it could of them, and marked the rest as conflicts):\n"
+        "what it could of them\nand marked the rest as conflicts):\n"
     )
     for rel, hunk in failing:
         out.append(f"\n  {rel}:\n")
@@ -616,6 +616,7 @@ def conflict_report(
         f"it. pyproject.toml pins fastapi {new} and {REQUIREMENTS} is "
         "regenerated; patches/ changes when you export.",
         width=84,
+        break_on_hyphens=False,
     )
     out.append(
         f"""
