@@ -66,7 +66,9 @@ def bump_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def bump(clone: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def bump(
+    clone: Path, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "scripts/fork.py", "bump", *args],
         cwd=clone,
@@ -149,15 +151,23 @@ def test_bump_to_the_previous_release_drill(tmp_path: Path) -> None:
         assert stopped, output
         patch = clone / stopped.group(1)
         assert patch.is_file(), output
-        before = fork_backend.patch_files(clone)[: fork_backend.patch_files(clone).index(patch)]
+        before = fork_backend.patch_files(clone)[
+            : fork_backend.patch_files(clone).index(patch)
+        ]
         for earlier in before[1:]:
             assert re.search(rf"^  {re.escape(earlier.name)}: applied ", output, re.M)
         assert "git am --3way said:\n    Applying: " in output
-        assert re.search(r"^Its hunks that do not apply as they are \([1-9]", output, re.M)
+        assert re.search(
+            r"^Its hunks that do not apply as they are \([1-9]", output, re.M
+        )
         assert re.search(r"^    @@ -\d+,\d+ \+\d+,\d+ @@", output, re.M), output
-        assert f"What upstream changed there, lines " in output, output
+        assert "What upstream changed there, lines " in output, output
         assert f"git diff upstream-{old} upstream -- " in output
-        for step in ("git am --continue", "scripts/fork.py export", "scripts/fork.py check"):
+        for step in (
+            "git am --continue",
+            "scripts/fork.py export",
+            "scripts/fork.py check",
+        ):
             assert step in output
         assert (tree / ".git" / "rebase-apply").is_dir()
         assert sorted(changed) == [" M pyproject.toml", " M requirements-tests.txt"]
@@ -237,3 +247,198 @@ def test_bump_to_the_previous_release_drill(tmp_path: Path) -> None:
         + f"; bump {bumped - began:.0f}s, all {time.monotonic() - began:.0f}s; "
         f"feature and docs tests: {counts}"
     )
+
+
+def test_the_index_publishes_the_pinned_digest() -> None:
+    pinned = fork_backend.read_upstream()
+    release = fork_bump.find_release("fastapi", pinned.version, PYPI_SIMPLE_ENDPOINT)
+    assert (release.version, release.sha256) == (pinned.version, pinned.sha256)
+    drill = fork_bump.find_release("fastapi", DRILL, PYPI_SIMPLE_ENDPOINT)
+    assert (drill.sha256, drill.yanked) == (DRILL_SHA256, False)
+    newest = fork_bump.find_release("fastapi", "newest", PYPI_SIMPLE_ENDPOINT)
+    assert fork_bump.Version(newest.version) >= fork_bump.Version(pinned.version)
+    assert not fork_bump.Version(newest.version).is_prerelease
+
+
+def test_an_unknown_version_is_refused_with_the_newest_releases() -> None:
+    with pytest.raises(ForkBuildError) as raised:
+        fork_bump.find_release("fastapi", "0.0.999", PYPI_SIMPLE_ENDPOINT)
+    message = str(raised.value)
+    assert message.startswith(
+        "fastapi 0.0.999 is not on the package index https://pypi.org/simple/; "
+        "its newest releases there: "
+    )
+    assert fork_backend.read_upstream().version in message.rpartition(": ")[2].split(
+        ", "
+    )
+    with pytest.raises(ForkBuildError, match="'latest' is not a version: give a"):
+        fork_bump.find_release("fastapi", "latest", "http://127.0.0.1:9/never-asked/")
+
+
+def test_an_unreachable_index_is_reported() -> None:
+    with pytest.raises(
+        ForkBuildError, match="could not read the project page of fastapi"
+    ):
+        fork_bump.find_release("fastapi", DRILL, "http://127.0.0.1:9/simple/")
+
+
+@pytest.fixture
+def pip_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """pip with no configuration and an empty find-links folder; an empty cache."""
+    for name in list(os.environ):
+        if name.startswith(("PIP_", "FASTAPI_FORK_")):
+            monkeypatch.delenv(name)
+    links = tmp_path / "links"
+    links.mkdir()
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    monkeypatch.setenv("FASTAPI_FORK_CACHE", str(tmp_path / "cache"))
+    return links
+
+
+DRILL_RELEASE = fork_bump.Release("fastapi", DRILL, DRILL_SHA256, yanked=False)
+
+
+def test_a_download_failure_is_reported(
+    pip_offline: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The index found the release, then pip cannot reach it (here: a closed port).
+    monkeypatch.delenv("PIP_NO_INDEX")
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    with pytest.raises(ForkBuildError) as raised:
+        fork_bump.fetch_release(DRILL_RELEASE)
+    assert str(raised.value).startswith(
+        f"the sdist of fastapi {DRILL} could not be fetched with the sha256 the "
+        f"package index publishes for it ({DRILL_SHA256}):\ncould not download"
+    )
+    assert ": the package index could not be reached." in str(raised.value)
+    assert not (pip_offline.parent / "cache" / f"fastapi-{DRILL}.tar.gz").exists()
+
+
+def test_a_file_that_is_not_the_published_one_is_refused(pip_offline: Path) -> None:
+    (pip_offline / f"fastapi-{DRILL}.tar.gz").write_bytes(b"not the release")
+    with pytest.raises(ForkBuildError) as raised:
+        fork_bump.fetch_release(DRILL_RELEASE)
+    message = str(raised.value)
+    assert f"the sha256 the package index publishes for it ({DRILL_SHA256})" in message
+    assert "the file the package index serves does not have the sha256" in message
+    assert "DO NOT MATCH THE HASHES" in message
+
+
+def test_a_dirty_repository_is_refused(tmp_path: Path) -> None:
+    clone = clean_clone(tmp_path / "fork")
+    (clone / "notes.txt").write_text("work in progress\n")
+    result = bump(clone, bump_env(tmp_path), DRILL)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the repository has uncommitted changes")
+    assert "?? notes.txt" in result.stderr
+    assert fork.git(clone, "status", "--porcelain") == "?? notes.txt\n"
+
+
+def test_a_work_tree_with_unexported_work_is_kept(tmp_path: Path) -> None:
+    clone = clean_clone(tmp_path / "fork")
+    env = bump_env(tmp_path)
+    run(clone, sys.executable, "scripts/fork.py", "prepare", "--no-venv", env=env)
+    tree = clone / ".work" / "fastapi"
+    (tree / "fastapi" / "dependencies" / "lifespan.py").write_text("# mine\n")
+    fork.git(tree, "commit", "-q", "-am", "work in progress")
+    result = bump(clone, env, DRILL)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"error: {tree} holds work that is not in the repository ("
+    )
+    assert (
+        "export it first (python scripts/fork.py export), or pass --force"
+        in result.stderr
+    )
+    assert fork.git(tree, "log", "-1", "--format=%s").strip() == "work in progress"
+    assert not fork.git(clone, "status", "--porcelain")
+
+
+def test_the_version_mark_is_redone_with_its_message_and_author(tmp_path: Path) -> None:
+    # Redone on the pinned release itself, it is the committed patch at N = 1.
+    tree = tmp_path / "fastapi"
+    fork._pristine_repository(tree, ROOT)
+    first = fork_backend.patch_files()[0]
+    version = fork_backend.read_upstream().version
+    assert (
+        fork_bump.mark_version(tree, first, version, version) == f"{version}+lifespan.1"
+    )
+    out = tmp_path / "out"
+    fork.git(tree, *fork.FORMAT_PATCH, "-o", str(out), "upstream..HEAD")
+    (redone,) = out.iterdir()
+    assert redone.name == first.name
+    expected = re.sub(r"\+lifespan\.\d+", "+lifespan.1", first.read_text())
+    index = re.compile(r"^index \w+\.\.\w+ ", re.MULTILINE)
+    assert index.sub("index ", redone.read_text()) == index.sub("index ", expected)
+
+
+def test_a_version_mark_with_other_changes_is_refused(tmp_path: Path) -> None:
+    first = fork_backend.patch_files()[0]
+    patch = tmp_path / first.name
+    patch.write_text(
+        first.read_text()
+        .replace(
+            " from starlette import status as status\n",
+            " from starlette import status as status\n+import os\n",
+        )
+        .replace("@@ -1,6 +1,6 @@", "@@ -1,6 +1,7 @@")
+    )
+    with pytest.raises(ForkBuildError) as raised:
+        fork_bump.check_version_mark(patch)
+    assert str(raised.value).startswith(
+        f"{first.name} is not only the version mark (fastapi/__init__.py: 'import os')"
+    )
+
+
+def test_lines_are_mapped_through_the_earlier_patches() -> None:
+    pristine = [f"{n}\n" for n in "abcdefgh"]
+    # An earlier patch added two lines after b and removed f.
+    patched = [f"{n}\n" for n in ["a", "b", "x", "y", "c", "d", "e", "g", "h"]]
+    assert fork_bump.to_pristine(pristine, patched, 5, 6) == (3, 4)  # c, d
+    assert fork_bump.to_pristine(pristine, patched, 3, 4) == (2, 3)  # x, y: b..c
+    assert fork_bump.to_pristine(pristine, patched, 7, 8) == (5, 7)  # e, (f), g
+
+
+def test_the_pin_is_written_and_the_rest_of_pyproject_kept(tmp_path: Path) -> None:
+    shutil.copyfile(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    fork_bump.write_pin(tmp_path, DRILL_RELEASE)
+    pinned = fork_backend.read_upstream()
+    before = (ROOT / "pyproject.toml").read_text()
+    expected = before.replace(
+        f'version = "{pinned.version}"', f'version = "{DRILL}"', 1
+    )
+    expected = expected.replace(pinned.sha256, DRILL_SHA256)
+    assert (tmp_path / "pyproject.toml").read_text() == expected
+    assert fork_backend.read_upstream(tmp_path).version == DRILL
+
+
+def test_requirements_tests_txt_is_what_bump_writes() -> None:
+    text = (ROOT / "requirements-tests.txt").read_text()
+    version = fork_backend.read_upstream().version
+    extras = " and ".join(f'"{extra}"' for extra in fork.PR_TEST_EXTRAS)
+    header = fork_bump.HEADER.format(version=version, extras=extras)
+    assert text.startswith(header)
+    lines = text[len(header) :].splitlines()
+    assert lines == sorted(lines, key=str.lower)
+    pinned = {
+        canonicalize_name(Requirement(line).name): Requirement(line) for line in lines
+    }
+    assert all(
+        len(r.specifier) == 1 and "==" in str(r.specifier) for r in pinned.values()
+    )
+    for requirement in fork_bump.our_test_requirements(ROOT):
+        name = canonicalize_name(requirement.name)
+        if name == "pip":
+            continue
+        assert name in pinned, f"{requirement} is not pinned in requirements-tests.txt"
+        assert pinned[name].specifier.contains(
+            next(iter(pinned[name].specifier)).version
+        )
+        assert requirement.specifier.contains(
+            next(iter(pinned[name].specifier)).version
+        ), (requirement, pinned[name])
+        assert pinned[name].marker == requirement.marker
