@@ -556,9 +556,9 @@ def conflict_report(
     said = stop.output.rpartition("Applying: ")[2]
     out = [
         f"bump {old} -> {new}: {patch} does not apply to fastapi {new}.\n",
-        f"The {len(applied) + 1} patches before it did (the version mark redone, "
+        f"The patches before it applied: the version mark (redone), "
         f"{applied.count('as it was')} as they were, "
-        f"{len(applied) - applied.count('as it was')} with a three-way merge).\n\n",
+        f"{len(applied) - applied.count('as it was')} with a three-way merge.\n\n",
         "git am --3way said:\n",
         _cut(
             "Applying: "
