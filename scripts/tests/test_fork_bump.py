@@ -32,8 +32,10 @@ FEATURE_TESTS = "tests/test_dependency_lifespan_scope*.py"
 DOCS_TESTS = "tests/test_tutorial/test_lifespan_scoped_dependencies/"
 
 
-def run(cwd: Path, *command: str | Path, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
+def completed(
+    cwd: Path, *command: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [str(c) for c in command],
         cwd=cwd,
         env=env,
@@ -42,6 +44,10 @@ def run(cwd: Path, *command: str | Path, env: dict[str, str] | None = None) -> s
         stdin=subprocess.DEVNULL,
         timeout=TIMEOUT,
     )
+
+
+def run(cwd: Path, *command: str | Path, env: dict[str, str] | None = None) -> str:
+    result = completed(cwd, *command, env=env)
     if result.returncode != 0:
         pytest.fail(
             f"{' '.join(map(str, command))} failed (exit code {result.returncode}):\n"
@@ -69,15 +75,7 @@ def bump_env(tmp_path: Path) -> dict[str, str]:
 def bump(
     clone: Path, env: dict[str, str], *args: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "scripts/fork.py", "bump", *args],
-        cwd=clone,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=TIMEOUT,
-    )
+    return completed(clone, sys.executable, "scripts/fork.py", "bump", *args, env=env)
 
 
 # A conflict as `git checkout --conflict=diff3` writes it: ours, base, theirs.
@@ -180,13 +178,8 @@ def test_bump_to_the_previous_release_drill(tmp_path: Path) -> None:
             for rel in unmerged:
                 assert rel in output or stops, output
                 stops.append(f"{rel} ({resolve_insertions(tree, rel)} conflicts)")
-            continued = subprocess.run(
-                ["git", "am", "--continue"],
-                cwd=tree,
-                env={**os.environ, **fork.TOOL_ENV},
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
+            continued = completed(
+                tree, "git", "am", "--continue", env={**os.environ, **fork.TOOL_ENV}
             )
             if continued.returncode == 0:
                 break
@@ -218,25 +211,19 @@ def test_bump_to_the_previous_release_drill(tmp_path: Path) -> None:
     assert installed.split() == [f"{DRILL}+lifespan.1"] * 2
     tests = tmp_path / "tests"
     run(clone, python, "scripts/fork.py", "testdir", tests, env=env)
-    suite = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pytest",
-            "-n",
-            "auto",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            *sorted(str(p.relative_to(tests)) for p in tests.glob(FEATURE_TESTS)),
-            DOCS_TESTS,
-        ],
-        cwd=tests,
+    suite = completed(
+        tests,
+        python,
+        "-m",
+        "pytest",
+        "-n",
+        "auto",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        *sorted(str(p.relative_to(tests)) for p in tests.glob(FEATURE_TESTS)),
+        DOCS_TESTS,
         env={**env, "PYTHONPATH": "./docs_src", "FASTAPI_FORK_REQUIRE_POSTGRESQL": "1"},
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=TIMEOUT,
     )
     counts = suite.stdout.strip().rpartition("\n")[2]
     assert suite.returncode == 0, suite.stdout[-6000:] + suite.stderr[-3000:]
@@ -282,27 +269,11 @@ def test_an_unreachable_index_is_reported() -> None:
         fork_bump.find_release("fastapi", DRILL, "http://127.0.0.1:9/simple/")
 
 
-@pytest.fixture
-def pip_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """pip with no configuration and an empty find-links folder; an empty cache."""
-    for name in list(os.environ):
-        if name.startswith(("PIP_", "FASTAPI_FORK_")):
-            monkeypatch.delenv(name)
-    links = tmp_path / "links"
-    links.mkdir()
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
-    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    monkeypatch.setenv("FASTAPI_FORK_CACHE", str(tmp_path / "cache"))
-    return links
-
-
 DRILL_RELEASE = fork_bump.Release("fastapi", DRILL, DRILL_SHA256, yanked=False)
 
 
 def test_a_download_failure_is_reported(
-    pip_offline: Path, monkeypatch: pytest.MonkeyPatch
+    links: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The index found the release, then pip cannot reach it (here: a closed port).
     monkeypatch.delenv("PIP_NO_INDEX")
@@ -315,11 +286,11 @@ def test_a_download_failure_is_reported(
         f"package index publishes for it ({DRILL_SHA256}):\ncould not download"
     )
     assert ": the package index could not be reached." in str(raised.value)
-    assert not (pip_offline.parent / "cache" / f"fastapi-{DRILL}.tar.gz").exists()
+    assert not (links.parent / "empty-cache" / f"fastapi-{DRILL}.tar.gz").exists()
 
 
-def test_a_file_that_is_not_the_published_one_is_refused(pip_offline: Path) -> None:
-    (pip_offline / f"fastapi-{DRILL}.tar.gz").write_bytes(b"not the release")
+def test_a_file_that_is_not_the_published_one_is_refused(links: Path) -> None:
+    (links / f"fastapi-{DRILL}.tar.gz").write_bytes(b"not the release")
     with pytest.raises(ForkBuildError) as raised:
         fork_bump.fetch_release(DRILL_RELEASE)
     message = str(raised.value)
