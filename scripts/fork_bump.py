@@ -719,18 +719,20 @@ def bump(
         write_pin(root, release)
         (root / REQUIREMENTS).write_text(requirements)
         print(f"{REQUIREMENTS}: {requirements_summary(before, requirements)}")
-        if tree.exists():
-            shutil.rmtree(tree)
-        build_new_tree(root, tree, old_tree, old)
-    mark = mark_version(tree, patches[0], old, new)
-    print(f"  {patches[0].name}: the version mark, redone as {mark}")
-    applied, stop = apply_series(tree, patches[1:])
-    for patch, how in zip(patches[1:], applied, strict=False):
-        print(f"  {patch.name}: applied {how}")
-    if stop is not None:
-        raise ForkBuildError(conflict_report(root, tree, stop, old, new, applied))
-    fork.cmd_export(argparse.Namespace(force=False))
-    fork.cmd_check(argparse.Namespace(work_tree=True))
+        try:
+            if tree.exists():
+                shutil.rmtree(tree)
+            build_new_tree(root, tree, old_tree, old)
+            mark = move_series(root, tree, patches, old, new)
+        except SeriesStop:
+            raise
+        except ForkBuildError as exc:
+            raise ForkBuildError(
+                f"{exc}\n\nbump {old} -> {new} stopped there, with pyproject.toml and "
+                f"{REQUIREMENTS} rewritten (and patches/ if it got to export). The "
+                "repository was clean before: git stash --include-untracked sets "
+                "the bump's changes aside."
+            ) from None
     naming = naming_old_version(root, old)
     print(
         f"\nbumped to fastapi {new} ({mark}): pyproject.toml, {REQUIREMENTS} and "
@@ -742,6 +744,24 @@ def bump(
         )
         + "Next: review git diff, run bash scripts/test.sh, commit."
     )
+
+
+class SeriesStop(ForkBuildError):
+    """A patch does not apply: the message is the conflict report."""
+
+
+def move_series(root: Path, tree: Path, patches: list[Path], old: str, new: str) -> str:
+    """Redo the version mark, git am --3way the rest, export and check."""
+    mark = mark_version(tree, patches[0], old, new)
+    print(f"  {patches[0].name}: the version mark, redone as {mark}")
+    applied, stop = apply_series(tree, patches[1:])
+    for patch, how in zip(patches[1:], applied, strict=False):
+        print(f"  {patch.name}: applied {how}")
+    if stop is not None:
+        raise SeriesStop(conflict_report(root, tree, stop, old, new, applied))
+    fork.cmd_export(argparse.Namespace(force=False))
+    fork.cmd_check(argparse.Namespace(work_tree=True))
+    return mark
 
 
 def cmd_bump(args: argparse.Namespace) -> None:
