@@ -249,7 +249,7 @@ def regenerate_requirements(
     markers = {canonicalize_name(r.name): r.marker for r in ours if r.marker}
     pins = []
     for line in frozen.splitlines():
-        name, sep, pinned = line.partition("==")
+        name, sep, _ = line.partition("==")
         if not sep or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise ForkBuildError(
                 f"pip freeze gave {line!r}, which is not a pin from the index"
@@ -294,7 +294,7 @@ def _mail(patch: Path, cwd: Path) -> tuple[str, dict[str, str]]:
             for line in info.stdout.decode().splitlines()
             if ": " in line
         )
-        text = body.read_text()
+        text = body.read_text(encoding="utf-8")
     message = fields["Subject"] + ("\n\n" + text.strip() if text.strip() else "")
     author = {
         "GIT_AUTHOR_NAME": fields["Author"],
@@ -307,7 +307,7 @@ def _mail(patch: Path, cwd: Path) -> tuple[str, dict[str, str]]:
 def check_version_mark(patch: Path) -> None:
     """The first patch may change the version lines only (bump redoes them)."""
     problems = []
-    files = PatchSet(patch.read_text())
+    files = PatchSet(patch.read_text(encoding="utf-8"))
     if {f.path for f in files} != set(VERSION_LINES):
         problems.append(f"it changes {', '.join(sorted(f.path for f in files))}")
     for patched in files:
@@ -349,7 +349,7 @@ def mark_version(tree: Path, patch: Path, old: str, new: str) -> str:
         lines[found[0]] = line.format(mark) + "\n"
         path.write_text("".join(lines))
     message, author = _mail(patch, tree)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt") as file:
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt") as file:
         file.write(message.replace(old, new))
         file.flush()
         fork.git(tree, "add", "-A")
@@ -449,7 +449,7 @@ def failing_hunks(tree: Path, patch: Path) -> list[tuple[str, Hunk]]:
     with tempfile.TemporaryDirectory() as tmp:
         env = _git_env({"GIT_INDEX_FILE": str(Path(tmp) / "index")})
         subprocess.run(["git", "read-tree", "HEAD"], cwd=tree, env=env, check=True)
-        for patched in PatchSet(patch.read_text()):
+        for patched in PatchSet(patch.read_text(encoding="utf-8")):
             for hunk in patched:
                 check = subprocess.run(
                     ["git", "apply", "--cached", "--check", "-"],
@@ -468,7 +468,7 @@ def _preimages(patch: Path) -> dict[str, str]:
     """The blob each file of the patch applies to (its `index` line)."""
     found = re.findall(
         r"^diff --git a/(\S+) b/\S+\n(?:.*\n)*?index ([0-9a-f]+)\.\.",
-        patch.read_text(),
+        patch.read_text(encoding="utf-8"),
         flags=re.MULTILINE,
     )
     return dict(found)
