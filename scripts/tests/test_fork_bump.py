@@ -200,7 +200,9 @@ def test_bump_to_the_previous_release_drill(tmp_path: Path) -> None:
 
     # The result installed in the venv the requirements were resolved in.
     python = venv / "bin" / "python"
-    run(clone, python, "-m", "pip", "install", "--quiet", "--no-deps", ".", env=env)
+    # Its build requirements (pdm-backend, patch-ng) are among the test requirements.
+    install = ["install", "--quiet", "--no-deps", "--no-build-isolation", "."]
+    run(clone, python, "-m", "pip", *install, env=env)
     installed = run(
         tmp_path,
         python,
