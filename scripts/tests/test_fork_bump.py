@@ -11,7 +11,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import fork
@@ -113,7 +115,19 @@ def resolve_insertions(tree: Path, rel: str) -> int:
     return count
 
 
-def test_bump_to_the_previous_release_drill(tmp_path: Path) -> None:
+@pytest.fixture
+def venv() -> Iterator[Path]:
+    """
+    Where the drill's venv goes: not below pytest's temporary folder, whose top
+    (/tmp/pytest-of-USER) any pytest run that starts meanwhile makes private again,
+    while PostgreSQL, which pgserver runs as a user of its own when the tests run
+    as root, must reach its binaries in the venv.
+    """
+    with tempfile.TemporaryDirectory(prefix="fastapi-fork-drill-") as folder:
+        yield Path(folder) / "venv"
+
+
+def test_bump_to_the_previous_release_drill(tmp_path: Path, venv: Path) -> None:
     """
     `fork.py bump` to the previous upstream release on a clean clone, then what it
     says to do if it stops, then the feature and docs tests on the installed result.
@@ -122,7 +136,6 @@ def test_bump_to_the_previous_release_drill(tmp_path: Path) -> None:
     old = fork_backend.read_upstream().version
     clone = clean_clone(tmp_path / "fork")
     env = bump_env(tmp_path)
-    venv = tmp_path / "venv"
     result = bump(clone, env, DRILL, "--venv", str(venv))
     output = result.stdout + result.stderr
     bumped = time.monotonic()
