@@ -270,9 +270,11 @@ def test_an_unknown_version_is_refused_with_the_newest_releases() -> None:
         "fastapi 0.0.999 is not on the package index https://pypi.org/simple/; "
         "its newest releases there: "
     )
-    assert fork_backend.read_upstream().version in message.rpartition(": ")[2].split(
-        ", "
-    )
+    listed = [
+        fork_bump.Version(v) for v in message.rpartition("there: ")[2].split(", ")
+    ]
+    assert len(listed) == 5 and listed == sorted(listed, reverse=True)
+    assert listed[0] >= fork_bump.Version(fork_backend.read_upstream().version)
     with pytest.raises(ForkBuildError, match="'latest' is not a version: give a"):
         fork_bump.find_release("fastapi", "latest", "http://127.0.0.1:9/never-asked/")
 
