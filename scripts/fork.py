@@ -49,6 +49,17 @@ python scripts/fork.py build-inputs [EXTRA ...]
     Print a digest of everything the build reads from this repository (the pin,
     the backend, the series, our files) and of the EXTRA strings: scripts/run.sh
     reinstalls the fork only when it changes.
+python scripts/fork.py bump VERSION [--index-url URL] [--force] [--venv DIR]
+    Move the fork to upstream release VERSION ("newest": the newest final
+    release): pin its sdist with the sha256 the package index publishes
+    (PIP_INDEX_URL, or --index-url; default pypi.org), regenerate
+    requirements-tests.txt, move the series onto it with git am --3way in
+    .work/fastapi (the version mark becomes VERSION+lifespan.1), export and
+    check. On a conflict it stops in the middle of git am, shows the patch, its
+    failing hunks and what upstream changed there, and says what to do next.
+    Needs a clean repository; --force replaces a work tree with unexported work.
+    The requirements are resolved in a throw-away venv, or in DIR, kept (with
+    requirements-tests.txt installed). See scripts/fork_bump.py.
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ import argparse
 import difflib
 import filecmp
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -1380,6 +1392,18 @@ def main(argv: list[str] | None = None) -> None:
     inputs = sub.add_parser("build-inputs")
     inputs.add_argument("extra", nargs="*")
     inputs.set_defaults(func=cmd_build_inputs)
+    bump = sub.add_parser("bump")
+    bump.add_argument("version", help="a release on the package index, or 'newest'")
+    bump.add_argument("--index-url", help="the simple index (default: PIP_INDEX_URL)")
+    bump.add_argument("--force", action="store_true")
+    bump.add_argument(
+        "--venv", help="regenerate the requirements in this new venv, kept"
+    )
+    # Imported when it runs: fork_bump imports this module, and needs packages
+    # (requirements-tests.txt) that the other commands, run.sh's among them, don't.
+    bump.set_defaults(
+        func=lambda args: importlib.import_module("fork_bump").cmd_bump(args)
+    )
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -80,9 +80,12 @@ environments() {
     "$UPSTREAM_PY" -m pip check
     "$BUILD/venv-fork/bin/fastapi" --version
     "$FORK_PY" - <<'EOF'
-import importlib.metadata, re, fastapi
+import importlib.metadata, re, sys, fastapi
+sys.path.insert(0, "scripts")
+import fork_backend
+pinned = re.escape(fork_backend.read_upstream().version)
 version = importlib.metadata.version("fastapi")
-assert re.fullmatch(r"0\.165\.0\+lifespan\.\d+", version), version
+assert re.fullmatch(rf"{pinned}\+lifespan\.\d+", version), version
 assert fastapi.__version__ == version, (fastapi.__version__, version)
 assert "site-packages" in fastapi.__file__, fastapi.__file__
 print(f"installed fork: fastapi {version}")
