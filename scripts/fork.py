@@ -2,12 +2,14 @@
 
 python scripts/fork.py prepare [--force] [--no-venv]
     Build the editable work tree in .work/fastapi: a git repository whose first
-    commit is the pristine upstream sdist (tag "upstream"), then our new modules,
-    then one commit per patch (git am), then our tests, examples and docs.
+    commit is the pristine upstream sdist (tag "upstream"), then our new files
+    (modules, tests, examples, docs), then one commit per patch (git am).
     Unless --no-venv, install it editable into .venv with the test requirements.
 python scripts/fork.py export [--force]
-    Write the work tree back: its commits since "upstream" that touch upstream
-    files become patches/ (git format-patch), its added files become our files.
+    Write the work tree back: our new files as the commit that adds them has them,
+    and the commits after it, as patches/ (git format-patch): a patch may change
+    upstream files and our new files (a fork-only patch on the files the upstream
+    pull request adds).
     Refused if the repository's series or files changed since prepare (that
     would undo them), unless --force.
 python scripts/fork.py check [--work-tree]
@@ -126,8 +128,7 @@ WORK_TREE_EXCLUDES = (
     # Written by upstream's docs_src examples when their tests run.
     "/log.txt\n"
 )
-MODULE_MESSAGE = "Add the new modules (the patches that follow hook them in)"
-EXTRAS_MESSAGE = "Add the tests, examples and docs of the change"
+NEW_FILES_MESSAGE = "Add the new files (the patches that follow hook them in)"
 # The commits of the upstream pull request that add new files (the others are the
 # patches, with their own messages).
 PR_MODULE_MESSAGE = """\
@@ -292,17 +293,13 @@ def _apply(dest: Path, patches: list[Path], env: dict[str, str] | None = None) -
 
 
 def build_work_tree(dest: Path, root: Path = ROOT) -> None:
-    """Pristine sdist, our modules, the series (git am), our tests and docs."""
+    """Pristine sdist, our new files, then the series (git am)."""
     _pristine_repository(dest, root)
     (dest / FINGERPRINT).write_text(layout_fingerprint(root))
     new_files = fork_backend.overlay_files(root)
-    modules = fork_backend.new_modules(new_files)
-    _copy_new_files(root, dest, modules)
-    _commit_all(dest, _files_message(MODULE_MESSAGE, modules))
+    _copy_new_files(root, dest, new_files)
+    _commit_all(dest, _files_message(NEW_FILES_MESSAGE, new_files))
     _apply(dest, fork_backend.patch_files(root))
-    extras = [f for f in new_files if f not in modules]
-    _copy_new_files(root, dest, extras)
-    _commit_all(dest, _files_message(EXTRAS_MESSAGE, extras))
 
 
 def fork_only_files(root: Path = ROOT) -> list[str]:
@@ -332,7 +329,7 @@ def build_pr_tree(dest: Path, env: dict[str, str], root: Path = ROOT) -> None:
     new_files = [
         f for f in fork_backend.overlay_files(root) if f not in fork_only_files(root)
     ]
-    modules = fork_backend.new_modules(new_files)
+    modules = [f for f in new_files if f.startswith("fastapi/")]
     names = [_module_name(f) for f in modules]
     patches = [
         p
@@ -443,18 +440,16 @@ def export_work_tree(tree: Path, out: Path) -> None:
         raise ForkBuildError(
             f"new files outside {', '.join(fork_backend.OVERLAY_DIRS)}: {strays}"
         )
-    # Our new modules are what their commit adds; later commits (fork-only
+    # Our new files are what their commit adds; later commits (fork-only
     # patches) may change them, and those changes are patches like the others.
-    base = _modules_commit(tree)
-    modules: list[str] = []
+    base = _new_files_commit(tree)
+    ours: list[str] = []
     if base is not None:
-        listed = git(tree, "ls-tree", "-r", "--name-only", "-z", base, "--", "fastapi")
-        modules = [
-            f for f in fork_backend.new_modules(added) if f in listed.split("\0")
-        ]
+        listed = git(tree, "ls-tree", "-r", "--name-only", "-z", base).split("\0")
+        ours = [f for f in added if f in listed]
     patches_dir = out / fork_backend.PATCHES_DIR
     patches_dir.mkdir(parents=True, exist_ok=True)
-    if changed or modules:
+    if changed or ours:
         git(
             tree,
             *FORMAT_PATCH,
@@ -463,17 +458,17 @@ def export_work_tree(tree: Path, out: Path) -> None:
             f"{base or UPSTREAM_TAG}..HEAD",
             "--",
             *changed,
-            *modules,
+            *ours,
         )
-    _copy_new_files(tree, out, [f for f in added if f not in modules])
-    for rel in modules:
+    _copy_new_files(tree, out, [f for f in added if f not in ours])
+    for rel in ours:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(_show(tree, f"{base}:{rel}"))
 
 
-def _modules_commit(tree: Path) -> str | None:
-    """The work tree's commit that adds our new modules (MODULE_MESSAGE), if any."""
-    subject = MODULE_MESSAGE.splitlines()[0]
+def _new_files_commit(tree: Path) -> str | None:
+    """The work tree's commit that adds our new files (NEW_FILES_MESSAGE), if any."""
+    subject = NEW_FILES_MESSAGE.splitlines()[0]
     for line in git(
         tree, "log", "--format=%H %s", f"{UPSTREAM_TAG}..HEAD"
     ).splitlines():

@@ -1,9 +1,11 @@
+import asyncio
 import logging
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 import anyio
@@ -677,3 +679,208 @@ def test_apps_without_lifespan_dependencies_trace_nothing_new():
     names = [span.name for span in spans.get_finished_spans()]
     assert "GET /" in names
     assert not [name for name in names if "lifespan" in name]
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_a_failed_shutdown_span_records_the_error(concurrent: bool):
+    app, spans = traced_app(concurrent)
+
+    @app.get("/")
+    def read(pool: Annotated[str, Depends(get_traced_pool, scope="lifespan")]) -> str:
+        return pool
+
+    with pytest.raises(SetupError), TestClient(app):
+        ...
+    by_name = {span.name: span for span in spans.get_finished_spans()}
+    shutdown = by_name["fastapi.lifespan.shutdown"]
+    assert shutdown.status.status_code == StatusCode.ERROR
+    assert shutdown.attributes is not None
+    assert shutdown.attributes["error.type"] == f"{__name__}.SetupError"
+    assert by_name["fastapi.lifespan.startup"].status.status_code != StatusCode.ERROR
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_a_crash_in_a_dependency_task_group_ends_the_lifespan_with_its_error(
+    concurrent: bool, backend: str
+):
+    events: list[str] = []
+
+    async def crash() -> None:
+        await anyio.sleep(0)
+        raise RuntimeError("boom")
+
+    async def get_worker() -> AsyncGenerator[str]:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(crash)
+            yield "worker"
+        events.append("worker down")  # pragma: no cover
+
+    async def get_pool() -> AsyncGenerator[str]:
+        yield "pool"
+        events.append("pool down")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
+        yield
+        events.append("app shutdown")
+
+    app = FastAPI(lifespan=lifespan, concurrent_lifespan_dependencies=concurrent)
+
+    @app.get("/")
+    def read(
+        pool: Annotated[str, Depends(get_pool, scope="lifespan")],
+        worker: Annotated[str, Depends(get_worker, scope="lifespan")],
+    ) -> None: ...
+
+    sent: list[str] = []
+
+    async def main() -> BaseException | None:
+        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
+
+        async def send(message: Any) -> None:
+            sent.append(message["type"])
+
+        async with send_stream, receive_stream:
+            await send_stream.send({"type": "lifespan.startup"})
+            try:
+                with anyio.fail_after(MEET_SECONDS):
+                    await app(
+                        {"type": "lifespan", "state": {}}, receive_stream.receive, send
+                    )
+            except BaseException as error:
+                return error
+        return None  # pragma: no cover
+
+    error = anyio.run(main, backend=backend)
+    # As the same task group in the app's own lifespan: its ExceptionGroup.
+    assert isinstance(error, BaseExceptionGroup)
+    assert [repr(e) for e in error.exceptions] == ["RuntimeError('boom')"]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.failed"]
+    assert events == ["pool down", "app shutdown"]
+
+
+def test_a_dependency_exits_only_once_a_set_up_that_outlived_a_cancelled_startup_ended():
+    events: list[str] = []
+    release = threading.Event()
+
+    async def get_pool() -> AsyncGenerator[str]:
+        yield "pool"
+        events.append("pool down")
+
+    def get_client(pool: Annotated[str, Depends(get_pool, scope="lifespan")]) -> str:
+        # In the thread pool: a cancellation can't interrupt it.
+        events.append("client started")
+        release.wait(MEET_SECONDS)
+        events.append("client ended")
+        return "client"
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(client: Annotated[str, Depends(get_client, scope="lifespan")]) -> None: ...
+
+    async def main() -> None:
+        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
+
+        async def send(message: Any) -> None: ...
+
+        async def release_once_everything_else_waits() -> None:
+            while "client started" not in events:
+                await anyio.sleep(0.001)
+            scope.cancel()
+            # Whatever the cancellation lets run, has run: now the set-up ends.
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+
+        async with send_stream, receive_stream, anyio.create_task_group() as tg:
+            await send_stream.send({"type": "lifespan.startup"})
+            tg.start_soon(release_once_everything_else_waits)
+            with anyio.CancelScope() as scope:
+                await app(
+                    {"type": "lifespan", "state": {}}, receive_stream.receive, send
+                )
+
+    anyio.run(main)
+    assert events == ["client started", "client ended", "pool down"]
+
+
+def test_a_dependency_exits_after_its_dependents_under_a_native_task_cancel():
+    events: list[str] = []
+    never = asyncio.Event()
+
+    async def get_pool() -> AsyncGenerator[str]:
+        yield "pool"
+        events.append("pool down")
+
+    async def get_client(
+        pool: Annotated[str, Depends(get_pool, scope="lifespan")],
+    ) -> AsyncGenerator[str]:
+        yield "client"
+        events.append("client down started")
+        try:
+            await never.wait()
+        finally:
+            events.append("client down ended")
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(client: Annotated[str, Depends(get_client, scope="lifespan")]) -> None: ...
+
+    async def main() -> None:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        sent: list[str] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message["type"])
+
+        task = asyncio.create_task(
+            app({"type": "lifespan", "state": {}}, queue.get, send)
+        )
+        await queue.put({"type": "lifespan.startup"})
+        while not sent:
+            await asyncio.sleep(0.001)
+        await queue.put({"type": "lifespan.shutdown"})
+        while "client down started" not in events:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert events == ["client down started", "client down ended", "pool down"]
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_a_set_up_sees_the_context_variables_of_what_it_declares(concurrent: bool):
+    variable_a: ContextVar[str] = ContextVar("a", default="unset")
+    variable_b: ContextVar[str] = ContextVar("b", default="unset")
+
+    async def get_a() -> str:
+        await anyio.sleep(0)
+        variable_a.set("a")
+        return "a"
+
+    async def get_b() -> AsyncGenerator[str]:
+        await anyio.sleep(0)
+        variable_b.set("b")
+        yield "b"
+
+    async def get_x(a: Annotated[str, Depends(get_a, scope="lifespan")]) -> str:
+        return variable_a.get()
+
+    def get_y(b: Annotated[str, Depends(get_b, scope="lifespan")]) -> str:
+        return variable_b.get()
+
+    app = FastAPI(concurrent_lifespan_dependencies=concurrent)
+
+    @app.get("/")
+    def read(
+        x: Annotated[str, Depends(get_x, scope="lifespan")],
+        y: Annotated[str, Depends(get_y, scope="lifespan")],
+    ) -> list[str]:
+        return [x, y]
+
+    with TestClient(app) as client:
+        assert client.get("/").json() == ["a", "b"]
