@@ -4,13 +4,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncGenerator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any
 
 import anyio
 import pytest
 from fastapi import Depends, FastAPI
+from fastapi.dependencies import lifespan_startup
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -884,3 +885,20 @@ def test_a_set_up_sees_the_context_variables_of_what_it_declares(concurrent: boo
 
     with TestClient(app) as client:
         assert client.get("/").json() == ["a", "b"]
+
+
+def test_a_sync_generator_whose_thread_had_not_started_when_cancelled_never_enters():
+    # A task cancelled natively may leave its set-up's job queued in the thread
+    # pool: its teardown, run first, makes that job do nothing.
+    entered: list[str] = []
+
+    @contextmanager
+    def get_settings() -> Iterator[str]:
+        entered.append("settings")
+        yield "settings"
+
+    sync_generator = lifespan_startup.SyncGenerator(get_settings())
+    anyio.run(sync_generator.__aexit__, None, None, None)
+
+    assert sync_generator._enter() is None
+    assert entered == []

@@ -17,11 +17,16 @@ The fork's layer on lifespan-scoped dependencies (not part of the upstream chang
 with `concurrently()`.
 """
 
+import threading
 import time
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Hashable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    contextmanager,
+)
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,6 +34,8 @@ from typing import Any, cast
 
 import anyio
 import anyio.abc
+import anyio.to_thread
+from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.lifespan import (
     _Declaration,
     _exit,
@@ -184,6 +191,53 @@ class _ObservedExit(AbstractAsyncContextManager[Any]):
             self.call, _TEAR_DOWN, partial(self.context_manager.__aexit__, *exc_info)
         )
         return result
+
+
+class SyncGenerator(AbstractAsyncContextManager[Any]):
+    """
+    A sync generator's context manager, entered and exited in the thread pool.
+    Its exit waits for the thread that enters it, which goes on when the task
+    that waits for it is cancelled natively, and exits it if it was entered. If
+    the thread hadn't started when the set-up was cancelled, it never enters.
+    """
+
+    def __init__(self, context_manager: AbstractContextManager[Any]) -> None:
+        self.context_manager = context_manager
+        self.lock = threading.Lock()
+        self.started = False
+        self.abandoned = False
+        self.entering = threading.Event()
+        self.entered = False
+
+    def _enter(self) -> Any:
+        with self.lock:
+            if self.abandoned:  # Its set-up's task is gone: nothing to set up.
+                return None
+            self.started = True
+        try:
+            value = self.context_manager.__enter__()
+            self.entered = True
+            return value
+        finally:
+            self.entering.set()
+
+    async def __aenter__(self) -> Any:
+        return await run_in_threadpool(self._enter)
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        with self.lock:
+            if not self.started:
+                self.abandoned = True
+                return
+        # Not waiting for the thread pool's capacity (as upstream's teardowns),
+        # and shielded: a thread doesn't stop for a cancellation anyway.
+        limiter = anyio.CapacityLimiter(1)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.entering.wait, limiter=limiter)
+            if self.entered:
+                await anyio.to_thread.run_sync(
+                    self.context_manager.__exit__, None, None, None, limiter=limiter
+                )
 
 
 @dataclass(slots=True)
