@@ -756,6 +756,11 @@ def step_tooling(runner: Runner, args: list[str]) -> str:
             python,
             "-m",
             "pytest",
+            # Each file in one process: the docs tests share build/venv-docs.
+            "-n",
+            "2",
+            "--dist",
+            "loadfile",
             *paths,
             *PYTEST_QUIET,
             *RECORDS,
