@@ -4,8 +4,8 @@ The test command's steps; scripts/test.sh runs this with the Python it checked.
     bash scripts/test.sh                every step, in order; each one runs even
                                         after another failed
     bash scripts/test.sh -x ...         the same, these arguments to every pytest run
-    bash scripts/test.sh --record       the same; if it is green, its summary becomes
-                                        docs/test-run.md (and the README's line)
+    bash scripts/test.sh --record       the same; its summary becomes docs/test-run.md
+                                        (and the README's line about it)
     bash scripts/test.sh --list         the steps, and what each one runs
     bash scripts/test.sh STEP [ARG...]  one step (ARGs go to its pytest run),
                                         building what it needs first and reusing
@@ -167,6 +167,11 @@ def without_group(node_id: str) -> str:
     return re.sub(r"@[^@\[\]:]*$", "", node_id)
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the repository when it is in it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def duration(seconds: float) -> str:
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
@@ -258,21 +263,21 @@ class Runner:
         check: bool = True,
     ) -> int:
         """Run a command, its output to the console and the step's log."""
-        process = subprocess.Popen(
+        with subprocess.Popen(
             command,
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-        )
-        assert process.stdout is not None
-        while chunk := process.stdout.read1(65536):  # type: ignore[attr-defined]
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            if self.log is not None:
-                self.log.write(chunk)
-        status = process.wait()
+        ) as process:
+            assert process.stdout is not None
+            while chunk := process.stdout.read1(65536):  # type: ignore[attr-defined]
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                if self.log is not None:
+                    self.log.write(chunk)
+        status = process.returncode
         if check and status != 0:
             raise StepFailed(f"{shlex.join(command)} exited with status {status}")
         return status
@@ -331,12 +336,12 @@ class Runner:
             stamp = {"environment": environment, "package": package}
             old = json.loads(stamp_file.read_text()) if stamp_file.exists() else {}
             if old == stamp and venv_python.exists():
-                self.say(f"{folder.relative_to(ROOT)} is up to date (Python {version})")
+                self.say(f"{shown(folder)} is up to date (Python {version})")
                 return
             stamp_file.unlink(missing_ok=True)
             fresh = old.get("environment") != environment or not venv_python.exists()
             if fresh:
-                self.say(f"creating {folder.relative_to(ROOT)} with Python {version}")
+                self.say(f"creating {shown(folder)} with Python {version}")
                 shutil.rmtree(folder, ignore_errors=True)
                 self.sh([python, "-m", "venv", str(folder)])
                 uv = self.uv()
@@ -518,7 +523,7 @@ class Runner:
                 "--record-outcomes",
                 "records/outcomes.json",
                 "--record-lifespan-tests",
-                "records/lifespan",
+                "records/lifespan-tests.txt",
             ],
             args,
             coverage=True,
@@ -566,7 +571,7 @@ class Runner:
     def outcomes_of(self, path: Path) -> dict[str, str]:
         found: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
         self.failed_tests = sorted(
-            without_group(t) for t, o in found.items() if o in ("failed", "error")
+            t for t, o in found.items() if o in ("failed", "error")
         )
         return found
 
@@ -675,11 +680,7 @@ def step_concurrent(runner: Runner, args: list[str]) -> str:
     records = runner.fork_results()
     python = runner.fork_python()
     folder = runner.testdir("fork", python)
-    recorded = {
-        line
-        for part in sorted((records / "lifespan").glob("*.txt"))
-        for line in part.read_text().splitlines()
-    }
+    recorded = set((records / "lifespan-tests.txt").read_text().splitlines())
     selection = sorted(
         t
         for t in recorded
@@ -971,7 +972,8 @@ def run_step(runner: Runner, step: Step, args: list[str], started: float) -> Out
         rerun = ["bash", "scripts/test.sh", step.name, *args]
         outcome.rerun.append(shlex.join(rerun))
         if step.pytest and 0 < len(runner.failed_tests) <= 10:
-            outcome.rerun.append(shlex.join([*rerun, *runner.failed_tests]))
+            tests = [without_group(test) for test in runner.failed_tests]
+            outcome.rerun.append(shlex.join([*rerun, *tests]))
     return outcome
 
 
@@ -1011,12 +1013,12 @@ def summary(
 
 
 def record_run(text: str) -> None:
-    """docs/test-run.md from a green full run, and the README's line from it."""
+    """docs/test-run.md from a full run's summary, and the README's line from it."""
     RECORDED_RUN.write_text(
         "# The last recorded run of the test command\n\n"
-        "Written by `bash scripts/test.sh --record` after a green full run (from "
-        "build/test/summary.md); the README's line about the test command's time "
-        "comes from its first line.\n\n" + text
+        "Written by `bash scripts/test.sh --record` (a full run; its summary, "
+        "build/test/summary.md, follows). The README's line about how long the "
+        "test command takes comes from it.\n\n---\n\n" + text
     )
     readme = README.read_text()
     start, end = README_MARKERS
@@ -1026,20 +1028,26 @@ def record_run(text: str) -> None:
 
 
 def readme_line(text: str) -> str:
-    """The README's sentence about the last recorded run, from its summary."""
+    """The README's words about the last recorded run, from its summary."""
     first = text.splitlines()[0]
     match = re.match(
-        r"Green: \d+ steps ok, 0 failed, \d+ not run, in (?P<took>.+?) "
-        r"\((?P<day>\S+) .*?; Python (?P<python>\S+); (?P<cores>\d+) cores, "
-        r"load average (?P<load>.+?) during the run\)\.$",
+        r"(?P<verdict>Green|FAILED): (?P<ok>\d+) steps ok, (?P<failed>\d+) failed, "
+        r"(?P<not_run>\d+) not run, in (?P<took>.+?) \((?P<day>\S+) .*?; "
+        r"Python (?P<python>\S+); (?P<cores>\d+) cores, load average (?P<load>.+?) "
+        r"during the run(?:; .*)?\)\.$",
         first,
     )
     if match is None:
-        raise ValueError(f"not the first line of a green run's summary: {first!r}")
+        raise ValueError(f"not the first line of a full run's summary: {first!r}")
+    verdict = f"{match['verdict'].lower()}: {match['ok']} steps ok"
+    if match["verdict"] == "FAILED":
+        verdict = f"FAILED: {match['ok']} steps ok, {match['failed']} failed"
+    if match["not_run"] != "0":
+        verdict += f", {match['not_run']} not run"
     return (
         f"the last recorded full run took {match['took']} on {match['cores']} "
         f"cores (load average {match['load']}; Python {match['python']}; "
-        f"{match['day']}; [its steps](docs/test-run.md))"
+        f"{match['day']}; {verdict}; [its steps](docs/test-run.md))"
     )
 
 
@@ -1069,8 +1077,8 @@ def full_run(runner: Runner, record: bool) -> int:
     )
     failed = sum(o.result == "FAILED" for o in outcomes)
     if record:
-        if failed or runner.pytest_args:
-            print("not recorded: only a green full run without pytest arguments is")
+        if runner.pytest_args:
+            print("not recorded: pytest arguments narrow the run")
         else:
             record_run(text)
             print(f"recorded: {RECORDED_RUN.relative_to(ROOT)} and the README's line")

@@ -11,20 +11,20 @@ The tests the concurrency switch can change: `FastAPI(concurrent_lifespan_depend
 wrapper `FastAPI.__call__` puts around the app's ASGI lifespan reads (it builds
 that wrapper only for a `"lifespan"` scope). A test during which nothing reads
 the attribute runs the same code whatever the switch says. So `scripts/test.sh`
-records, in its run of the fork (`--record-lifespan-tests DIR`), every test
+records, in its run of the fork (`--record-lifespan-tests FILE`), every test
 during which the attribute was read, a FastAPI app's lifespan started, or one
 was still running (a lifespan that a fixture started earlier counts for every
 test that runs while it is up), and runs its pass with every app's set-ups
 forced concurrent (`--lifespan-tests FILE`) on those tests only. When a lifespan
-starts or the attribute is read outside of any test, or lifespans ran but the
+starts or the attribute is read outside of any test, lifespans ran but the
 attribute was never read (the switch would then reach the code some other way),
-the record says so and that pass runs every test.
+or an xdist worker ended without handing over its record, the record says so
+and that pass runs every test.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from pathlib import Path
@@ -35,14 +35,15 @@ import pytest
 # Written to the record when the selection can't be trusted: then every test runs.
 OUTSIDE_ANY_TEST = "<outside any test>"
 SWITCH_NEVER_READ = "<lifespans ran, the switch was never read>"
+WORKER_LOST = "<an xdist worker ended without its record>"
 SWITCH = "concurrent_lifespan_dependencies"
 
 ASGIApp = Callable[[Any, MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
 
 class _Recorder:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.lock = threading.Lock()
         self.running = 0
         self.lifespans = 0
@@ -104,14 +105,40 @@ class _Recorder:
                     self.note()
                 self.current = None
 
-    def pytest_unconfigure(self, config: pytest.Config) -> None:
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tests": sorted(self.tests),
+            "lifespans": self.lifespans,
+            "reads": self.reads,
+        }
+
+    def add(self, summary: dict[str, Any]) -> None:
+        self.tests.update(summary["tests"])
+        self.lifespans += summary["lifespans"]
+        self.reads += summary["reads"]
+
+    # With xdist, each worker hands what it saw to the controller (as
+    # pytest-cov does), which writes the file.
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        config = session.config
+        if hasattr(config, "workerinput"):
+            config.workeroutput["run_records_lifespan"] = self.summary()  # type: ignore[attr-defined]
+            return
+        tests = set(self.tests)
         if self.lifespans and not self.reads:
-            self.tests.add(SWITCH_NEVER_READ)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"{worker}.txt").write_text(
-            "".join(f"{test}\n" for test in sorted(self.tests))
-        )
+            tests.add(SWITCH_NEVER_READ)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(f"{test}\n" for test in sorted(tests)))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        summary = getattr(node, "workeroutput", {}).get("run_records_lifespan")
+        if summary is None:
+            # A worker that crashed: what it ran can't be known.
+            self.tests.add(WORKER_LOST)
+        else:
+            self.add(summary)
 
 
 class _Selection:
@@ -171,9 +198,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--record-lifespan-tests",
-        metavar="DIR",
-        help="write to DIR (one file per process) the tests during which a "
-        "FastAPI app's lifespan started or ran",
+        metavar="FILE",
+        help="write to FILE the tests during which a FastAPI app's lifespan "
+        "started or ran, or its concurrent_lifespan_dependencies was read",
     )
     group.addoption(
         "--lifespan-tests",
