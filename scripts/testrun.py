@@ -608,8 +608,9 @@ def step_setup(runner: Runner, args: list[str]) -> str:
     return "venvs and test folders in build/test/"
 
 
-def step_series(runner: Runner, args: list[str]) -> None:
+def step_series(runner: Runner, args: list[str]) -> str:
     runner.sh([runner.fork_python(), "scripts/fork.py", "check"])
+    return "the series and our files reproduce the tree"
 
 
 def step_upstream(runner: Runner, args: list[str]) -> str:
@@ -797,7 +798,7 @@ def step_pr_check(runner: Runner, args: list[str]) -> str:
     return f"the PR's last commit: {last.strip('= ')}"
 
 
-def step_lint(runner: Runner, args: list[str]) -> None:
+def step_lint(runner: Runner, args: list[str]) -> str:
     python = runner.fork_python()
     runner.testdir("fork", python)
     source = BUILD / "fork-src"
@@ -812,9 +813,10 @@ def step_lint(runner: Runner, args: list[str]) -> None:
     runner.sh([python, "-m", "ruff", "check", "scripts"])
     runner.sh([python, "-m", "ruff", "format", "scripts", "--check"])
     runner.sh([python, "-m", "mypy"])
+    return "mypy, ruff check and ruff format on the package and on our tooling"
 
 
-def step_benchmark(runner: Runner, args: list[str]) -> None:
+def step_benchmark(runner: Runner, args: list[str]) -> str:
     fork_python, upstream_python = runner.fork_python(), runner.upstream_python()
     output = BUILD / "bench"
     runner.sh(
@@ -835,6 +837,7 @@ def step_benchmark(runner: Runner, args: list[str]) -> None:
         raise StepFailed(f"{results} has no section 3")
     if not (output / "results.png").stat().st_size:
         raise StepFailed(f"{output / 'results.png'} is empty")
+    return f"{shown(results)} and results.png written (quick mode)"
 
 
 def step_coverage(runner: Runner, args: list[str]) -> str:
@@ -851,7 +854,10 @@ def step_coverage(runner: Runner, args: list[str]) -> str:
             repr(baseline["coverage"]["percent"]),
         ]
     )
-    return f"pristine upstream's total from a run on Python {baseline['python']}"
+    return (
+        "every line of ours run; the package total not below pristine upstream's "
+        f"(its run on Python {baseline['python']})"
+    )
 
 
 def steps(runner: Runner | None = None) -> list[Step]:
@@ -995,8 +1001,7 @@ def summary(
         "| --- | --- | ---: | ---: | --- |",
     ]
     for o in outcomes:
-        note = o.note.splitlines()[0] if o.note else ""
-        what = o.step.title + (f": {note}" if note else "")
+        what = o.note.splitlines()[0] if o.note else o.step.title
         lines.append(
             f"| {o.step.name} | {o.result} | {duration(o.wall)} | {duration(o.cpu)} "
             f"| {what.replace('|', '/')} |"
