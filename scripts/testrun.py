@@ -436,21 +436,7 @@ class Runner:
         python = self.upstream_python()
         folder = self.testdir("upstream", python)
         records = folder / "records"
-        shutil.rmtree(records, ignore_errors=True)
-        status = self.suite(
-            folder,
-            python,
-            ["tests", "scripts/tests/"],
-            [
-                "--cov",
-                "--cov-report=",
-                *RECORDS,
-                "--record-outcomes",
-                "records/outcomes.json",
-            ],
-            args,
-            coverage=True,
-        )
+        status = self.whole_suite(folder, python, args)
         if status != 0:
             raise StepFailed(
                 f"upstream's suite failed on pristine upstream (pytest status {status})"
@@ -511,8 +497,23 @@ class Runner:
         python = self.fork_python()
         folder = self.testdir("fork", python)
         records = folder / "records"
-        shutil.rmtree(records, ignore_errors=True)
-        status = self.suite(
+        status = self.whole_suite(
+            folder,
+            python,
+            args,
+            "--record-lifespan-tests",
+            "records/lifespan-tests.txt",
+        )
+        if status in (0, 1) and not args:
+            (records / "complete.json").write_text(json.dumps(self.fork_state()))
+        return status
+
+    def whole_suite(
+        self, folder: Path, python: str, args: list[str], *options: str
+    ) -> int:
+        """The suite of a test folder (tests/, scripts/tests/), under coverage."""
+        shutil.rmtree(folder / "records", ignore_errors=True)
+        return self.suite(
             folder,
             python,
             ["tests", "scripts/tests/"],
@@ -522,15 +523,11 @@ class Runner:
                 *RECORDS,
                 "--record-outcomes",
                 "records/outcomes.json",
-                "--record-lifespan-tests",
-                "records/lifespan-tests.txt",
+                *options,
             ],
             args,
             coverage=True,
         )
-        if status in (0, 1) and not args:
-            (records / "complete.json").write_text(json.dumps(self.fork_state()))
-        return status
 
     def suite(
         self,
