@@ -285,7 +285,7 @@ def build_work_tree(dest: Path, root: Path = ROOT) -> None:
     _pristine_repository(dest, root)
     (dest / FINGERPRINT).write_text(layout_fingerprint(root))
     new_files = fork_backend.overlay_files(root)
-    modules = [f for f in new_files if f.startswith("fastapi/")]
+    modules = fork_backend.new_modules(new_files)
     _copy_new_files(root, dest, modules)
     _commit_all(dest, _files_message(MODULE_MESSAGE, modules))
     _apply(dest, fork_backend.patch_files(root))
@@ -321,7 +321,7 @@ def build_pr_tree(dest: Path, env: dict[str, str], root: Path = ROOT) -> None:
     new_files = [
         f for f in fork_backend.overlay_files(root) if f not in fork_only_files(root)
     ]
-    modules = [f for f in new_files if f.startswith("fastapi/")]
+    modules = fork_backend.new_modules(new_files)
     names = [_module_name(f) for f in modules]
     patches = [
         p
@@ -432,19 +432,55 @@ def export_work_tree(tree: Path, out: Path) -> None:
         raise ForkBuildError(
             f"new files outside {', '.join(fork_backend.OVERLAY_DIRS)}: {strays}"
         )
+    # Our new modules are what their commit adds; later commits (fork-only
+    # patches) may change them, and those changes are patches like the others.
+    base = _modules_commit(tree)
+    modules: list[str] = []
+    if base is not None:
+        listed = git(tree, "ls-tree", "-r", "--name-only", "-z", base, "--", "fastapi")
+        modules = [
+            f for f in fork_backend.new_modules(added) if f in listed.split("\0")
+        ]
     patches_dir = out / fork_backend.PATCHES_DIR
     patches_dir.mkdir(parents=True, exist_ok=True)
-    if changed:
+    if changed or modules:
         git(
             tree,
             *FORMAT_PATCH,
             "-o",
             str(patches_dir),
-            f"{UPSTREAM_TAG}..HEAD",
+            f"{base or UPSTREAM_TAG}..HEAD",
             "--",
             *changed,
+            *modules,
         )
-    _copy_new_files(tree, out, added)
+    _copy_new_files(tree, out, [f for f in added if f not in modules])
+    for rel in modules:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(_show(tree, f"{base}:{rel}"))
+
+
+def _modules_commit(tree: Path) -> str | None:
+    """The work tree's commit that adds our new modules (MODULE_MESSAGE), if any."""
+    subject = MODULE_MESSAGE.splitlines()[0]
+    for line in git(
+        tree, "log", "--format=%H %s", f"{UPSTREAM_TAG}..HEAD"
+    ).splitlines():
+        commit, _, message = line.partition(" ")
+        if message == subject:
+            return commit
+    return None
+
+
+def _show(tree: Path, spec: str) -> bytes:
+    """A file's bytes at a commit (`git show COMMIT:PATH`)."""
+    return subprocess.run(
+        ["git", "show", spec],
+        cwd=tree,
+        capture_output=True,
+        check=True,
+        env={**os.environ, **TOOL_ENV},
+    ).stdout
 
 
 def _tree_files(top: Path) -> set[str]:

@@ -4,9 +4,10 @@ This module is two things:
 
 * The library every fork tool uses to *assemble* the fork's source tree: fetch the
   upstream sdist pinned in ``pyproject.toml`` (``[tool.fork.upstream]``), check its
-  sha256, unpack it, apply ``patches/*.patch`` in order with ``patch-ng`` (no fuzz:
-  a stale hunk stops the build) and lay our new files (``fastapi/``, ``tests/``,
-  ``docs_src/``, ``docs/``) over it. A new file may not replace an upstream file:
+  sha256, unpack it, lay our new modules (``fastapi/``) over it, apply
+  ``patches/*.patch`` in order with ``patch-ng`` (no fuzz: a stale hunk stops the
+  build; a fork-only patch may change our modules too) and lay our other new files
+  (``tests/``, ``docs_src/``, ``docs/``) over it. A new file may not replace an upstream file:
   changes to upstream files exist only as patches.
 * A PEP 517 build backend (``build-backend = "fork_backend"``) that assembles the
   tree in a temporary folder and hands it to upstream's own backend, ``pdm-backend``,
@@ -364,9 +365,17 @@ def overlay_files(root: Path = ROOT) -> list[str]:
     return found
 
 
-def lay_overlay(tree: Path, root: Path = ROOT) -> list[str]:
+def new_modules(files: list[str]) -> list[str]:
+    """
+    Our new modules (under ``fastapi/``): laid before the series, which may change
+    them with fork-only patches, so that the files here are what the upstream pull
+    request adds.
+    """
+    return [rel for rel in files if rel.startswith("fastapi/")]
+
+
+def lay_overlay(tree: Path, files: list[str], root: Path = ROOT) -> None:
     """Copy our new files into ``tree``; refuse to replace an upstream file."""
-    files = overlay_files(root)
     for rel in files:
         target = tree / rel
         if target.exists():
@@ -377,7 +386,6 @@ def lay_overlay(tree: Path, root: Path = ROOT) -> list[str]:
             )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / rel, target)
-    return files
 
 
 def check_version(tree: Path, upstream: Upstream) -> str:
@@ -410,9 +418,12 @@ def assemble(dest: Path, root: Path = ROOT) -> str:
     """Assemble the fork's source tree into ``dest``; return its version."""
     upstream = read_upstream(root)
     unpack_sdist(fetch_sdist(upstream), dest)
+    files = overlay_files(root)
+    modules = new_modules(files)
+    lay_overlay(dest, modules, root)
     for patch in patch_files(root):
         apply_patch(patch, dest)
-    lay_overlay(dest, root)
+    lay_overlay(dest, [rel for rel in files if rel not in modules], root)
     return check_version(dest, upstream)
 
 

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import FastAPIError
 from fastapi.testclient import TestClient
 
 
@@ -178,11 +179,17 @@ def test_overrides_changed_while_running_take_effect_at_next_startup():
     def read(value: Annotated[str, Depends(get_value, scope="lifespan")]) -> str:
         return value
 
+    stale = 'The lifespan-scoped dependency "get_value" was not set up for this request'
     with TestClient(app) as client:
         app.dependency_overrides[get_value] = lambda: "fake"
-        assert client.get("/").json() == "real"
+        # Never the real value silently, once it is overridden.
+        with pytest.raises(FastAPIError, match=stale) as exc:
+            client.get("/")
+        assert "apply when the lifespan starts" in str(exc.value)
     with TestClient(app) as client:
         assert client.get("/").json() == "fake"
-    app.dependency_overrides.clear()
+        app.dependency_overrides.clear()
+        with pytest.raises(FastAPIError, match=stale):
+            client.get("/")
     with TestClient(app) as client:
         assert client.get("/").json() == "real"

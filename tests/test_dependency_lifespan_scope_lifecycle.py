@@ -325,9 +325,13 @@ def test_second_run_without_state_support_fails_at_startup():
     assert bound == ["bound"]
 
 
-def test_mounted_app_does_not_get_parent_values():
-    def get_value() -> str:
-        return "parent"
+def test_mounted_app_whose_lifespan_never_runs_fails_the_parent_startup():
+    events: list[str] = []
+
+    def get_value():
+        events.append("up")
+        yield "parent"
+        events.append("down")
 
     sub_app = FastAPI()
 
@@ -339,13 +343,19 @@ def test_mounted_app_does_not_get_parent_values():
 
     @app.get("/")
     def read(value: Annotated[str, Depends(get_value, scope="lifespan")]) -> str:
-        return value
+        return value  # pragma: no cover
 
     app.mount("/sub", sub_app)
-    with TestClient(app) as client:
-        assert client.get("/").json() == "parent"
-        with pytest.raises(FastAPIError, match='"get_value" is not available'):
-            client.get("/sub/")
+    # Its requests would never get its value (not the parent's either): the
+    # parent's startup fails and says why, having torn down what it set up.
+    with pytest.raises(FastAPIError) as exc:
+        with TestClient(app):
+            pass  # pragma: no cover
+    assert str(exc.value).startswith(
+        'The app mounted at "/sub" declares the lifespan-scoped dependency '
+        '"get_value", but its lifespan did not run.'
+    )
+    assert events == ["up", "down"]
 
 
 def test_router_used_as_asgi_app_keeps_upstream_lifespan():

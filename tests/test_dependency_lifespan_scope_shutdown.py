@@ -155,11 +155,12 @@ def test_teardown_error_and_app_shutdown_error_are_both_kept():
     def read(value: Annotated[str, Depends(failing, scope="lifespan")]) -> None:
         pass  # pragma: no cover
 
-    with pytest.raises(RuntimeError, match="app shutdown failed") as exc:
+    # The teardown comes first (before the app's own shutdown code).
+    with pytest.raises(TeardownError, match="teardown failed") as exc:
         with TestClient(app):
             pass
     assert exc.value.__notes__ == [
-        "Another lifespan dependency teardown failed: TeardownError('teardown failed')"
+        "The app's shutdown failed: RuntimeError('app shutdown failed')"
     ]
 
 
