@@ -1,13 +1,20 @@
-"""The two commands' own logic: the Python check, and run.sh's skipped reinstall."""
+"""
+The two commands' own logic: the Python check, run.sh's skipped reinstall, and
+the test command's steps (scripts/testrun.py): listing them, running one,
+reusing what is up to date, the summary of a failed run.
+"""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import fork
 import pytest
+import testrun
 from fork_backend import ROOT
 
 FAKE_PYTHON = """#!/bin/sh
@@ -28,6 +35,7 @@ def checkout(tmp_path: Path) -> Path:
         "scripts/run.sh",
         "scripts/test.sh",
         "scripts/fork.py",
+        "scripts/testrun.py",
     ]:
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / rel, copy / rel)
@@ -134,3 +142,338 @@ def test_commands_refuse_a_python_upstream_does_not_support(
     )
     assert says in line
     assert sorted(p.relative_to(checkout) for p in checkout.rglob("*")) == before
+
+
+def run_test_sh(checkout: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "scripts/test.sh", *args],
+        cwd=checkout,
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_list_names_the_steps_and_the_pythons_found(checkout: Path):
+    result = run_test_sh(checkout, "--list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    not_in_full_run = lines.index("Not in the full run:")
+    names = [line.split()[0] for line in lines[1:not_in_full_run]]
+    assert names[:5] == ["setup", "series", "upstream", "fork", "concurrent"]
+    assert names[-5:] == ["tooling", "pr-check", "lint", "benchmark", "coverage"]
+    assert [line.split()[0] for line in lines[not_in_full_run + 1 :]] == [
+        "record-baseline"
+    ]
+    mine = "%d.%d" % sys.version_info[:2]
+    for version in testrun.SUPPORTED_PYTHONS:
+        line = next(
+            (line for line in result.stdout.splitlines() if f" py{version} " in line),
+            None,
+        )
+        if version == mine:
+            # The fork's own tests on this Python run in the step fork.
+            assert line is None
+            continue
+        assert line is not None
+        found = testrun.find_python(version)
+        assert (found or "none found") in line
+    assert not (checkout / "build" / "test").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope"], "no step 'nope'; the steps: setup, series, upstream, fork,"),
+        (["lint", "-x"], "the step lint takes no arguments (it runs no pytest)"),
+        (["setup", "--record"], "the step setup takes no arguments"),
+    ],
+)
+def test_test_sh_refuses_what_does_not_exist(
+    checkout: Path, args: list[str], message: str
+):
+    result = run_test_sh(checkout, *args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert message in result.stderr
+
+
+def fake_step(name: str, failed_tests: list[str] | None = None) -> testrun.Step:
+    def run(runner: testrun.Runner, args: list[str]) -> str:
+        runner.sh([sys.executable, "-c", f"print('{name} ran with', {args!r})"])
+        if failed_tests is not None:
+            runner.failed_tests = failed_tests
+            raise testrun.StepFailed("pytest status 1")
+        return f"{name} is fine"
+
+    return testrun.Step(name, f"the step {name}", run)
+
+
+@pytest.fixture
+def fake_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[testrun.Step]:
+    steps = [
+        fake_step("first"),
+        fake_step("broken", ["tests/test_a.py::test_b[x y]@group", "tests/test_c.py"]),
+        fake_step("last"),
+    ]
+    monkeypatch.setattr(testrun, "steps", lambda runner=None: steps)
+    monkeypatch.setattr(testrun, "BUILD", tmp_path / "build" / "test")
+    return steps
+
+
+def test_full_run_runs_every_step_and_says_how_to_rerun_the_failed_one(
+    fake_steps: list[testrun.Step], capsys: pytest.CaptureFixture[str]
+):
+    assert testrun.main(["-x"]) == 1
+    out = capsys.readouterr().out
+    for name in ("first", "broken", "last"):
+        assert f"{name} ran with ['-x']" in out
+    summary = (testrun.BUILD / "summary.md").read_text()
+    assert summary in out
+    first = summary.splitlines()[0]
+    assert first.startswith("FAILED: 2 steps ok, 1 failed, 0 not run, in ")
+    assert "pytest arguments -x" in first
+    assert "| broken | FAILED |" in summary
+    assert "| last | ok |" in summary
+    assert summary.endswith(
+        "Rerun each failed step (and, below it, only its failed tests):\n\n"
+        "    bash scripts/test.sh broken -x\n"
+        "    bash scripts/test.sh broken -x 'tests/test_a.py::test_b[x y]' "
+        "tests/test_c.py\n"
+    )
+    log = (testrun.BUILD / "logs" / "broken.log").read_text()
+    assert "broken ran with ['-x']" in log
+    assert "first ran" not in log
+
+
+def test_one_step_runs_alone_with_its_pytest_arguments(
+    fake_steps: list[testrun.Step], capsys: pytest.CaptureFixture[str]
+):
+    assert testrun.main(["last", "-k", "thing"]) == 0
+    out = capsys.readouterr().out
+    assert "last ran with ['-k', 'thing']" in out
+    assert "first ran" not in out
+    assert "ok: last in " in out
+    assert testrun.main(["broken"]) == 1
+    out = capsys.readouterr().out
+    assert out.endswith(
+        "rerun with:\n    bash scripts/test.sh broken\n"
+        "    bash scripts/test.sh broken 'tests/test_a.py::test_b[x y]' "
+        "tests/test_c.py\n"
+    )
+    assert not (testrun.BUILD / "summary.md").exists()
+
+
+class FakeVenvs:
+    """Runner.sh that only records the commands, and makes the venv's python."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def sh(self, command: list[str], **kwargs: object) -> int:
+        self.commands.append(command)
+        if command[1:3] == ["-m", "venv"]:
+            python = Path(command[3]) / "bin" / "python"
+            python.parent.mkdir(parents=True, exist_ok=True)
+            python.touch()
+        return 0
+
+    def take(self) -> list[str]:
+        taken = [
+            " ".join([Path(c[0]).name, *c[1:]]).replace(str(testrun.REQUIREMENTS), "R")
+            for c in self.commands
+        ]
+        self.commands = []
+        return taken
+
+
+def test_a_venv_is_rebuilt_only_when_what_it_was_built_from_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    requirements = tmp_path / "requirements-tests.txt"
+    requirements.write_text("anyio==4.16.0\n")
+    monkeypatch.setattr(testrun, "BUILD", tmp_path / "build" / "test")
+    monkeypatch.setattr(testrun, "REQUIREMENTS", requirements)
+    monkeypatch.setattr(testrun, "python_version", lambda python: "3.11.7")
+    monkeypatch.setattr(fork, "build_inputs_digest", lambda root: "inputs 1")
+    fake = FakeVenvs()
+
+    def venv() -> list[str]:
+        runner = testrun.Runner(sys.executable, full=False, pytest_args=[])
+        monkeypatch.setattr(runner, "sh", fake.sh)
+        monkeypatch.setattr(runner, "uv", lambda: "uv")
+        runner.venv("venv-fork", "python3.11")
+        return fake.take()
+
+    built = venv()
+    assert built[0] == "python3.11 -m venv " + str(testrun.BUILD / "venv-fork")
+    assert built[1] == "uv pip install -q -p " + str(
+        testrun.BUILD / "venv-fork" / "bin" / "python"
+    ) + " -r R --compile-bytecode"
+    assert "python -m pip install --quiet .[all,standard]" in built
+    assert "python -m pip check" in built
+    assert venv() == []
+    monkeypatch.setattr(fork, "build_inputs_digest", lambda root: "inputs 2")
+    reinstalled = venv()
+    assert not any(" -m venv " in c or c.startswith("uv ") for c in reinstalled)
+    assert (
+        "python -m pip install --quiet --force-reinstall --no-deps .[all,standard]"
+        in reinstalled
+    )
+    assert venv() == []
+    requirements.write_text("anyio==4.16.1\n")
+    assert venv()[0].startswith("python3.11 -m venv ")
+    assert venv() == []
+
+
+def test_find_python_skips_what_does_not_run_and_takes_pyenvs_newest(
+    tmp_path: Path,
+):
+    def fake(path: Path, version: str | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/sh\necho {version}\n" if version else "#!/bin/sh\nexit 127\n")
+        path.chmod(0o755)
+
+    shims = tmp_path / "shims"
+    fake(shims / "python3.12", None)  # a pyenv shim of a version not selected
+    pyenv = tmp_path / "pyenv"
+    for version in ("3.12.1", "3.12.10", "3.12.9"):
+        fake(pyenv / "versions" / version / "bin" / "python3.12", version)
+    env = {"PATH": str(shims), "PYENV_ROOT": str(pyenv)}
+    found = testrun.find_python("3.12", env)
+    assert found == str(pyenv / "versions" / "3.12.10" / "bin" / "python3.12")
+    assert testrun.find_python("3.13", env) is None
+    fake(shims / "python3.12", "3.12.3")
+    assert testrun.find_python("3.12", env) == str(shims / "python3.12")
+
+
+RECORDED_APP = """
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+pytest.importorskip("fastapi")
+app = FastAPI()
+
+
+@pytest.fixture(scope="module")
+def running():
+    with TestClient(app) as client:
+        yield client
+
+
+def test_no_lifespan():
+    assert TestClient(app).get("/nothing").status_code == 404
+
+
+def test_lifespan():
+    with TestClient(FastAPI()) as client:
+        assert client.get("/").status_code == 404
+
+
+def test_reads_the_switch():
+    assert FastAPI(concurrent_lifespan_dependencies=True).concurrent_lifespan_dependencies
+
+
+@pytest.mark.xfail(strict=True)
+def test_expected_to_fail():
+    raise AssertionError
+
+
+def test_fails():
+    raise AssertionError
+
+
+def test_starts_the_module_lifespan(running):
+    pass
+
+
+def test_while_it_runs(running):
+    pass
+"""
+
+
+def run_records(folder: Path, *args: str) -> dict[str, str]:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "run_records",
+            "-p",
+            "no:cacheprovider",
+            "--record-outcomes",
+            "outcomes.json",
+            *args,
+        ],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "scripts" / "plugins")},
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    return dict(json.loads((folder / "outcomes.json").read_text()))
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]])
+def test_run_records_tests_that_run_a_lifespan_and_runs_only_those(
+    tmp_path: Path, workers: list[str]
+):
+    (tmp_path / "test_app.py").write_text(RECORDED_APP)
+    (tmp_path / "test_skipped_module.py").write_text(
+        "import pytest\npytest.skip('not here', allow_module_level=True)\n"
+    )
+    outcomes = run_records(tmp_path, *workers, "--record-lifespan-tests", "tests.txt")
+    assert outcomes == {
+        "test_app.py::test_no_lifespan": "passed",
+        "test_app.py::test_lifespan": "passed",
+        "test_app.py::test_starts_the_module_lifespan": "passed",
+        "test_app.py::test_while_it_runs": "passed",
+        "test_app.py::test_reads_the_switch": "passed",
+        "test_app.py::test_expected_to_fail": "xfailed",
+        "test_app.py::test_fails": "failed",
+        "test_skipped_module.py": "skipped",
+    }
+    recorded = set((tmp_path / "tests.txt").read_text().splitlines())
+    lifespan_tests = {
+        "test_app.py::test_lifespan",
+        "test_app.py::test_starts_the_module_lifespan",
+        "test_app.py::test_while_it_runs",
+        "test_app.py::test_reads_the_switch",
+    }
+    assert recorded == lifespan_tests
+    (tmp_path / "selection.txt").write_text("".join(f"{t}\n" for t in sorted(recorded)))
+    (tmp_path / "outcomes.json").unlink()
+    selected = run_records(
+        tmp_path, *workers, "--lifespan-tests", "selection.txt", "test_app.py"
+    )
+    assert set(selected) == lifespan_tests
+
+
+def test_readme_states_the_recorded_run():
+    recorded = (ROOT / "docs" / "test-run.md").read_text()
+    summary = recorded.partition("\n\n---\n\n")[2]
+    start, end = testrun.README_MARKERS
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count(start) == 1
+    line = readme.partition(start)[2].partition(end)[0]
+    assert line == testrun.readme_line(summary)
+
+
+def test_readme_line_says_how_the_run_ended():
+    green = textwrap.dedent(
+        """\
+        Green: 12 steps ok, 0 failed, 1 not run, in 15 min 3 s (2026-12-03 10:00 UTC; Python 3.11.7; 2 cores, load average 2.1 to 5.3 during the run).
+        """
+    )
+    assert testrun.readme_line(green) == (
+        "the last recorded full run took 15 min 3 s on 2 cores (load average 2.1 "
+        "to 5.3; Python 3.11.7; 2026-12-03; green: 12 steps ok, 1 not run; "
+        "[its steps](docs/test-run.md))"
+    )
+    failed = green.replace("Green: 12 steps ok, 0 failed", "FAILED: 11 steps ok, 1 failed")
+    assert "FAILED: 11 steps ok, 1 failed, 1 not run" in testrun.readme_line(failed)
