@@ -902,3 +902,51 @@ def test_a_sync_generator_whose_thread_had_not_started_when_cancelled_never_ente
 
     assert sync_generator._enter() is None
     assert entered == []
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_a_sync_teardown_ends_before_its_dependencies_exit_under_a_native_task_cancel(
+    concurrent: bool,
+):
+    events: list[str] = []
+    lifespan_task: asyncio.Task[None] | None = None
+
+    async def get_pool() -> AsyncGenerator[str]:
+        yield "pool"
+        events.append("pool down")
+
+    def get_client(
+        pool: Annotated[str, Depends(get_pool, scope="lifespan")],
+    ) -> Iterator[str]:
+        yield "client"
+        assert lifespan_task is not None
+        anyio.from_thread.run_sync(lifespan_task.cancel)
+        # A round trip through the event loop: the task has had its cancellation.
+        anyio.from_thread.run(anyio.sleep, 0)
+        events.append("client down ended")
+
+    app = FastAPI(concurrent_lifespan_dependencies=concurrent)
+
+    @app.get("/")
+    def read(client: Annotated[str, Depends(get_client, scope="lifespan")]) -> None: ...
+
+    async def main() -> None:
+        nonlocal lifespan_task
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        sent: list[str] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message["type"])
+
+        lifespan_task = asyncio.create_task(
+            app({"type": "lifespan", "state": {}}, queue.get, send)
+        )
+        await queue.put({"type": "lifespan.startup"})
+        while not sent:
+            await asyncio.sleep(0.001)
+        await queue.put({"type": "lifespan.shutdown"})
+        with pytest.raises(asyncio.CancelledError):
+            await lifespan_task
+
+    asyncio.run(main())
+    assert events == ["client down ended", "pool down"]

@@ -229,15 +229,37 @@ class SyncGenerator(AbstractAsyncContextManager[Any]):
             if not self.started:
                 self.abandoned = True
                 return
+        finished = threading.Event()
+        errors: list[BaseException] = []
+
+        def exit_() -> None:
+            try:
+                self.entering.wait()
+                if self.entered:
+                    self.context_manager.__exit__(None, None, None)
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                finished.set()
+
         # Not waiting for the thread pool's capacity (as upstream's teardowns),
         # and shielded: a thread doesn't stop for a cancellation anyway.
-        limiter = anyio.CapacityLimiter(1)
+        wait: Callable[[], object] = exit_
+        cancelled: BaseException | None = None
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.entering.wait, limiter=limiter)
-            if self.entered:
-                await anyio.to_thread.run_sync(
-                    self.context_manager.__exit__, None, None, None, limiter=limiter
-                )
+            while not finished.is_set():
+                try:
+                    await anyio.to_thread.run_sync(
+                        wait, limiter=anyio.CapacityLimiter(1)
+                    )
+                except anyio.get_cancelled_exc_class() as error:
+                    # asyncio's task.cancel() goes through a shield, not through
+                    # the thread: the dependencies of this one exit after it.
+                    cancelled, wait = error, finished.wait
+        if errors:
+            raise errors[0]
+        if cancelled is not None:
+            raise cancelled
 
 
 @dataclass(slots=True)
