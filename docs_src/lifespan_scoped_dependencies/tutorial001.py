@@ -6,11 +6,9 @@ from fastapi import Depends, FastAPI
 class ConnectionPool:
     def __init__(self, size: int) -> None:
         self.size = size
-        self.open = True
         print(f"Opening a pool of {size} connections")
 
     def close(self) -> None:
-        self.open = False
         print("Closing the pool")
 
 
@@ -27,4 +25,4 @@ app = FastAPI()
 async def read_items(
     pool: Annotated[ConnectionPool, Depends(get_pool, scope="lifespan")],
 ):
-    return {"pool_size": pool.size, "pool_open": pool.open}
+    return {"pool_size": pool.size}

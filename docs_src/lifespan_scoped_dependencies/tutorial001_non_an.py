@@ -4,11 +4,9 @@ from fastapi import Depends, FastAPI
 class ConnectionPool:
     def __init__(self, size: int) -> None:
         self.size = size
-        self.open = True
         print(f"Opening a pool of {size} connections")
 
     def close(self) -> None:
-        self.open = False
         print("Closing the pool")
 
 
@@ -22,7 +20,5 @@ app = FastAPI()
 
 
 @app.get("/items/")
-async def read_items(
-    pool: ConnectionPool = Depends(get_pool, scope="lifespan"),
-):
-    return {"pool_size": pool.size, "pool_open": pool.open}
+async def read_items(pool: ConnectionPool = Depends(get_pool, scope="lifespan")):
+    return {"pool_size": pool.size}

@@ -1,38 +1,38 @@
-from itertools import count
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
 
-client_numbers = count(1)
+
+class Engine:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        print(f"Engine for {url} created")
+
+    def dispose(self) -> None:
+        print("Engine disposed")
 
 
-class HTTPClient:
-    def __init__(self) -> None:
-        self.name = f"client-{next(client_numbers)}"
+class Session:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.open = True
 
 
-def get_client():
-    return HTTPClient()
+async def get_engine():
+    engine = Engine("sqlite:///./app.db")
+    yield engine
+    engine.dispose()
 
 
-SharedClient = Annotated[HTTPClient, Depends(get_client, scope="lifespan")]
-OwnClient = Annotated[
-    HTTPClient, Depends(get_client, scope="lifespan", use_cache=False)
-]
+def get_session(engine: Annotated[Engine, Depends(get_engine, scope="lifespan")]):
+    session = Session(engine)
+    yield session
+    session.open = False
+
 
 app = FastAPI()
 
 
-@app.get("/users/")
-async def read_users(client: SharedClient):
-    return {"client": client.name}
-
-
 @app.get("/items/")
-async def read_items(client: SharedClient):
-    return {"client": client.name}
-
-
-@app.get("/reports/")
-async def read_reports(client: OwnClient):
-    return {"client": client.name}
+async def read_items(session: Annotated[Session, Depends(get_session)]):
+    return {"database_url": session.engine.url, "session_open": session.open}

@@ -1,54 +1,32 @@
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
 
 
-class Settings:
-    database_url = "sqlite:///./app.db"
-
-
-class Engine:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        print(f"Engine for {url} created")
-
-    def connect(self) -> "Session":
-        return Session(self)
-
-    def dispose(self) -> None:
-        print("Engine disposed")
-
-
-class Session:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.open = True
-
-    def close(self) -> None:
-        self.open = False
-
-
-def get_settings():
-    return Settings()
-
-
-async def get_engine(settings: Annotated[Settings, Depends(get_settings)]):
-    engine = Engine(settings.database_url)
-    yield engine
-    engine.dispose()
-
-
-def get_session(
-    engine: Annotated[Engine, Depends(get_engine, scope="lifespan")],
-):
-    session = engine.connect()
-    yield session
-    session.close()
+async def get_database_url():
+    print("Connecting to postgresql://production")
+    yield "postgresql://production"
+    print("Disconnecting from postgresql://production")
 
 
 app = FastAPI()
 
 
 @app.get("/items/")
-async def read_items(session: Annotated[Session, Depends(get_session)]):
-    return {"database_url": session.engine.url, "session_open": session.open}
+async def read_items(
+    database_url: Annotated[str, Depends(get_database_url, scope="lifespan")],
+):
+    return {"database": database_url}
+
+
+async def get_test_database_url():
+    yield "sqlite://"
+
+
+def test_read_items():
+    app.dependency_overrides[get_database_url] = get_test_database_url
+    with TestClient(app) as client:
+        response = client.get("/items/")
+        assert response.json() == {"database": "sqlite://"}
+    app.dependency_overrides = {}

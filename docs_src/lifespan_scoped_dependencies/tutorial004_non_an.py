@@ -1,20 +1,35 @@
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI
+
+config = {}
 
 
 class ConnectionPool:
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, url: str) -> None:
+        self.url = url
 
 
-async def get_pool(size: int):
-    yield ConnectionPool(size=size)
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    print("App startup: loading the configuration")
+    config["database_url"] = "sqlite:///./app.db"
+    yield
+    print("App shutdown")
+    config.clear()
 
 
-app = FastAPI()
+async def get_pool():
+    print("Pool set up")
+    yield ConnectionPool(config["database_url"])
+    print("Pool torn down")
+
+
+app = FastAPI(lifespan=lifespan)
 
 
 @app.get("/items/")
 async def read_items(
     pool: ConnectionPool = Depends(get_pool, scope="lifespan"),
 ):
-    return {"pool_size": pool.size}
+    return {"database_url": pool.url}

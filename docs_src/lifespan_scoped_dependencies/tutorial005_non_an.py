@@ -1,48 +1,44 @@
+import asyncio
+
 from fastapi import Depends, FastAPI
-from fastapi.testclient import TestClient
 
 
-class ConnectionPool:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.open = True
-
-    def close(self) -> None:
-        self.open = False
+class Pool:
+    async def execute(self, row: str) -> None:
+        await asyncio.sleep(0)  # A query to the database
+        print(f"Wrote {row}")
 
 
 async def get_pool():
-    pool = ConnectionPool("postgresql://production")
-    yield pool
-    pool.close()
+    print("Opening the pool")
+    yield Pool()
+    print("Closing the pool")
 
 
-app = FastAPI()
+async def run_writer(pool: Pool = Depends(get_pool, scope="lifespan")):
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    async def write_events():
+        while True:
+            event = await queue.get()
+            await pool.execute(event)
+            queue.task_done()
+
+    task = asyncio.create_task(write_events())
+    print("Writer started")
+    yield queue
+    await queue.join()
+    task.cancel()
+    print("Writer stopped")
 
 
-@app.get("/items/")
-async def read_items(
-    pool: ConnectionPool = Depends(get_pool, scope="lifespan"),
+app = FastAPI(dependencies=[Depends(run_writer, scope="lifespan")])
+
+
+@app.post("/events/")
+async def create_event(
+    event: str,
+    queue: asyncio.Queue[str] = Depends(run_writer, scope="lifespan"),
 ):
-    return {"database": pool.url}
-
-
-test_pools: list[ConnectionPool] = []
-
-
-async def get_test_pool():
-    pool = ConnectionPool("sqlite://")
-    test_pools.append(pool)
-    yield pool
-    pool.close()
-
-
-def test_read_items():
-    app.dependency_overrides[get_pool] = get_test_pool
-    with TestClient(app) as client:
-        response = client.get("/items/")
-        assert response.status_code == 200
-        assert response.json() == {"database": "sqlite://"}
-        assert test_pools[-1].open
-    assert not test_pools[-1].open
-    app.dependency_overrides = {}
+    await queue.put(event)
+    return {"queued": event}

@@ -1,36 +1,38 @@
-from contextlib import asynccontextmanager
+from itertools import count
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
 
-config = {}
+client_numbers = count(1)
 
 
-class ConnectionPool:
-    def __init__(self, url: str) -> None:
-        self.url = url
+class HTTPClient:
+    def __init__(self) -> None:
+        self.name = f"client-{next(client_numbers)}"
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI):
-    print("App startup: loading the configuration")
-    config["database_url"] = "sqlite:///./app.db"
-    yield
-    print("App shutdown")
-    config.clear()
+def get_client():
+    return HTTPClient()
 
 
-async def get_pool():
-    print("Pool set up")
-    yield ConnectionPool(config["database_url"])
-    print("Pool torn down")
+SharedClient = Annotated[HTTPClient, Depends(get_client, scope="lifespan")]
+OwnClient = Annotated[
+    HTTPClient, Depends(get_client, scope="lifespan", use_cache=False)
+]
+
+app = FastAPI()
 
 
-app = FastAPI(lifespan=lifespan)
+@app.get("/users/")
+async def read_users(client: SharedClient):
+    return {"client": client.name}
 
 
 @app.get("/items/")
-async def read_items(
-    pool: Annotated[ConnectionPool, Depends(get_pool, scope="lifespan")],
-):
-    return {"database_url": pool.url}
+async def read_items(client: SharedClient):
+    return {"client": client.name}
+
+
+@app.get("/reports/")
+async def read_reports(client: OwnClient):
+    return {"client": client.name}

@@ -17,14 +17,17 @@ def get_mod(request: pytest.FixtureRequest):
     )
 
 
-def test_shared_and_own_instances(mod):
+def test_one_engine_for_the_run_a_session_per_request(
+    mod, capsys: pytest.CaptureFixture[str]
+):
     with TestClient(mod.app) as client:
-        users = client.get("/users/").json()["client"]
-        items = client.get("/items/").json()["client"]
-        reports = client.get("/reports/").json()["client"]
-        assert users == items
-        assert reports != users
-        assert client.get("/reports/").json()["client"] == reports
-    with TestClient(mod.app) as client:
-        # Each run of the app gets fresh instances.
-        assert client.get("/users/").json()["client"] not in (users, reports)
+        assert capsys.readouterr().out == "Engine for sqlite:///./app.db created\n"
+        for _ in range(2):
+            response = client.get("/items/")
+            assert response.status_code == 200, response.text
+            assert response.json() == {
+                "database_url": "sqlite:///./app.db",
+                "session_open": True,
+            }
+        assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == "Engine disposed\n"

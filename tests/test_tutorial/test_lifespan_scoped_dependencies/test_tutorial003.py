@@ -17,15 +17,17 @@ def get_mod(request: pytest.FixtureRequest):
     )
 
 
-def test_engine_once_session_per_request(mod, capsys: pytest.CaptureFixture[str]):
+def test_the_override_is_set_up_instead(mod, capsys: pytest.CaptureFixture[str]):
+    mod.test_read_items()
+    # The production dependency never ran, and the override was removed.
+    assert capsys.readouterr().out == ""
+    assert mod.app.dependency_overrides == {}
+
+
+def test_without_override(mod, capsys: pytest.CaptureFixture[str]):
     with TestClient(mod.app) as client:
-        assert capsys.readouterr().out == "Engine for sqlite:///./app.db created\n"
-        for _ in range(2):
-            response = client.get("/items/")
-            assert response.status_code == 200, response.text
-            assert response.json() == {
-                "database_url": "sqlite:///./app.db",
-                "session_open": True,
-            }
-        assert capsys.readouterr().out == ""
-    assert capsys.readouterr().out == "Engine disposed\n"
+        assert client.get("/items/").json() == {"database": "postgresql://production"}
+    assert capsys.readouterr().out == (
+        "Connecting to postgresql://production\n"
+        "Disconnecting from postgresql://production\n"
+    )

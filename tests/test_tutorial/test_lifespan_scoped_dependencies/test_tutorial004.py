@@ -1,23 +1,29 @@
-import importlib.util
-from pathlib import Path
+import importlib
 
 import pytest
-from fastapi.exceptions import DependencyScopeError
-
-import docs_src.lifespan_scoped_dependencies
+from fastapi.testclient import TestClient
 
 
-@pytest.mark.parametrize("name", ["tutorial004", "tutorial004_non_an"])
-def test_request_data_in_a_lifespan_dependency_fails_at_import(name: str):
-    folder = Path(docs_src.lifespan_scoped_dependencies.__file__).parent
-    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    with pytest.raises(DependencyScopeError) as exc:
-        spec.loader.exec_module(module)
-    assert str(exc.value) == (
-        'The dependency "get_pool" has scope "lifespan": it is set up once when '
-        "the application starts, outside of any request, but it needs the query "
-        'parameter "size" (through get_pool). Remove that need, or use scope '
-        '"request".'
+@pytest.fixture(
+    name="mod",
+    params=[
+        pytest.param("tutorial004"),
+        pytest.param("tutorial004_non_an"),
+    ],
+)
+def get_mod(request: pytest.FixtureRequest):
+    return importlib.import_module(
+        f"docs_src.lifespan_scoped_dependencies.{request.param}"
     )
+
+
+def test_startup_and_shutdown_order(mod, capsys: pytest.CaptureFixture[str]):
+    with TestClient(mod.app) as client:
+        response = client.get("/items/")
+        assert response.json() == {"database_url": "sqlite:///./app.db"}
+    assert capsys.readouterr().out.splitlines() == [
+        "App startup: loading the configuration",
+        "Pool set up",
+        "Pool torn down",
+        "App shutdown",
+    ]

@@ -17,12 +17,24 @@ def get_mod(request: pytest.FixtureRequest):
     )
 
 
-def test_override_in_tests(mod):
-    pools_before = len(mod.test_pools)
-    mod.test_read_items()
-    # The override was set up at startup and closed at shutdown, once.
-    assert len(mod.test_pools) == pools_before + 1
-    assert not mod.test_pools[-1].open
-    assert mod.app.dependency_overrides == {}
+def test_background_writer_runs_between_pool_setup_and_teardown(
+    mod, capsys: pytest.CaptureFixture[str]
+):
     with TestClient(mod.app) as client:
-        assert client.get("/items/").json() == {"database": "postgresql://production"}
+        assert capsys.readouterr().out.splitlines() == [
+            "Opening the pool",
+            "Writer started",
+        ]
+        for event in ("signup", "login", "logout"):
+            assert client.post("/events/", params={"event": event}).json() == {
+                "queued": event
+            }
+    # Every queued event is written before the writer stops, and the writer
+    # stops before the pool it writes with is closed.
+    assert capsys.readouterr().out.splitlines() == [
+        "Wrote signup",
+        "Wrote login",
+        "Wrote logout",
+        "Writer stopped",
+        "Closing the pool",
+    ]

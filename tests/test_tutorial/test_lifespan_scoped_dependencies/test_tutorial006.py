@@ -17,13 +17,14 @@ def get_mod(request: pytest.FixtureRequest):
     )
 
 
-def test_startup_and_shutdown_order(mod, capsys: pytest.CaptureFixture[str]):
+def test_shared_and_own_instances(mod):
     with TestClient(mod.app) as client:
-        response = client.get("/items/")
-        assert response.json() == {"database_url": "sqlite:///./app.db"}
-    assert capsys.readouterr().out.splitlines() == [
-        "App startup: loading the configuration",
-        "Pool set up",
-        "Pool torn down",
-        "App shutdown",
-    ]
+        users = client.get("/users/").json()["client"]
+        items = client.get("/items/").json()["client"]
+        reports = client.get("/reports/").json()["client"]
+        assert users == items
+        assert reports != users
+        assert client.get("/reports/").json()["client"] == reports
+    with TestClient(mod.app) as client:
+        # Each run of the app gets fresh instances.
+        assert client.get("/users/").json()["client"] not in (users, reports)

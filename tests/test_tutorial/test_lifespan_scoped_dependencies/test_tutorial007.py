@@ -1,40 +1,23 @@
-import importlib
+import importlib.util
+from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
+from fastapi.exceptions import DependencyScopeError
+
+import docs_src.lifespan_scoped_dependencies
 
 
-@pytest.fixture(
-    name="mod",
-    params=[
-        pytest.param("tutorial007"),
-        pytest.param("tutorial007_non_an"),
-    ],
-)
-def get_mod(request: pytest.FixtureRequest):
-    return importlib.import_module(
-        f"docs_src.lifespan_scoped_dependencies.{request.param}"
+@pytest.mark.parametrize("name", ["tutorial007", "tutorial007_non_an"])
+def test_request_data_in_a_lifespan_dependency_fails_at_import(name: str):
+    folder = Path(docs_src.lifespan_scoped_dependencies.__file__).parent
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with pytest.raises(DependencyScopeError) as exc:
+        spec.loader.exec_module(module)
+    assert str(exc.value) == (
+        'The dependency "get_pool" has scope "lifespan": it is set up once when '
+        "the application starts, outside of any request, but it needs the query "
+        'parameter "size" (through get_pool). Remove that need, or use scope '
+        '"request".'
     )
-
-
-def test_background_writer_runs_between_pool_setup_and_teardown(
-    mod, capsys: pytest.CaptureFixture[str]
-):
-    with TestClient(mod.app) as client:
-        assert capsys.readouterr().out.splitlines() == [
-            "Opening the pool",
-            "Writer started",
-        ]
-        for event in ("signup", "login", "logout"):
-            assert client.post("/events/", params={"event": event}).json() == {
-                "queued": event
-            }
-    # Every queued event is written before the writer stops, and the writer
-    # stops before the pool it writes with is closed.
-    assert capsys.readouterr().out.splitlines() == [
-        "Wrote signup",
-        "Wrote login",
-        "Wrote logout",
-        "Writer stopped",
-        "Closing the pool",
-    ]
