@@ -135,40 +135,36 @@ NEW_FILES_MESSAGE = "Add the new files (the patches that follow hook them in)"
 PR_MODULE_MESSAGE = """\
 ✨ Add `fastapi.dependencies.lifespan`, to set up lifespan-scoped dependencies
 
-The machinery of `Depends(..., scope="lifespan")`, in one module of plain
-functions over `Dependant` (the commits that follow hook it in):
+The set-up and teardown of `Depends(..., scope="lifespan")` (the next
+commit hooks it into the app):
 
-* `check_lifespan_dependant()`: at declaration, a lifespan dependency may
-  not need request data (parameters, `Request`, `Response`, ...) or a
-  `"request"`/`"function"` sub-dependency, at any depth; the
-  `DependencyScopeError` names the dependency, the need and the chain.
-* `lifespan_dependencies_app()`: wraps the app's ASGI lifespan. When the
-  app's own startup is complete, the lifespan dependencies declared in its
-  route tree (following `dependency_overrides`, checked again there) are
-  set up, once per callable (`use_cache=True`) or per declaration
-  (`use_cache=False`), dependencies first; their values go into the
-  lifespan state under a key of the app's own. When the server asks for
-  shutdown, they are torn down in reverse order, each as if nothing failed,
-  before the app's own shutdown code, which always runs.
-* `get_lifespan_value()`: what a request pays, one lookup in its copy of
-  the lifespan state, with a clear `FastAPIError` when the lifespan did not
-  run.
+* `lifespan_dependencies_app()` wraps the app's ASGI lifespan. When the
+  app's own startup is complete, the lifespan-scoped dependencies declared
+  in its route tree are set up, once per callable, as each route's requests
+  resolve them with `dependency_overrides` (checked there first), and their
+  values go into the lifespan state under a key of the app's own. When the
+  server asks for shutdown, they are torn down in reverse order, each as if
+  nothing failed, before the app's own shutdown code.
+* A set-up failure tears down what was set up, unwinds the app's own
+  lifespan as at a shutdown, and fails the startup at the server with the
+  original exception, with a note naming the dependency.
 """
 PR_TESTS_MESSAGE = """\
 ✅ Add tests for lifespan-scoped dependencies
 
-Lifetime and sharing across HTTP, WebSocket and every place a dependency
-can be declared, `use_cache=False` per declaration, the declaration checks
-(every request-only need, at depth, in each place), overrides, startup and
-shutdown failures, cancellation, composition with `lifespan=`,
-`on_startup` and routers' lifespans, mounted apps and routers.
+One set-up per run shared by every HTTP and WebSocket request, every place
+a dependency can be declared, the declaration errors, overrides at startup
+(and the error when they changed since), set-up and teardown failures with
+any shape of the app's own lifespan, requests when the lifespan did not
+run, servers without lifespan state.
 """
 PR_DOCS_MESSAGE = """\
 📝 Add docs for lifespan-scoped dependencies
 
 A tutorial page after "Dependencies with yield" (in the nav too), with
-tested examples in `docs_src/lifespan_scoped_dependencies/` (`Annotated`
-and `_non_an` variants) and their tests under `tests/test_tutorial/`.
+three tested examples in `docs_src/lifespan_scoped_dependencies/`
+(`Annotated` and `_non_an` variants) and their tests under
+`tests/test_tutorial/`.
 """
 # The docs nav is in docs/en/mkdocs.yml, which the sdist lacks. The PR's docs
 # commit adds our pages to it, after this entry; the pristine repository of the
