@@ -30,12 +30,15 @@ python scripts/fork.py pr-check [--python PY] [--workdir DIR]
     Check the upstream pull request as a FastAPI maintainer's CI would, with PY
     (default: this Python; it needs requirements-tests.txt, ty among them): its
     format-patch applies with git am --3way to pristine upstream and git diff
-    --check is clean; each commit, in order, imports, passes upstream's lint
-    (mypy, ruff; ty with no diagnostic pristine upstream lacks) and the tests it
-    adds or changes; the last one passes upstream's whole suite with the PR's
-    tests, with upstream's pytest and coverage settings, and runs every line the
-    PR adds. Packages that upstream's tests don't install can't be imported in
-    its test runs. Its files go to a temporary folder, or to DIR (kept).
+    --check is clean; its size is within the limits of pyproject.toml's
+    [tool.fork.pr.limits] (changed lines, in all and per folder) and its tests
+    have no larger share of "pragma: no cover" lines than upstream's; each
+    commit, in order, imports, passes upstream's lint (mypy, ruff; ty with no
+    diagnostic pristine upstream lacks) and the tests it adds or changes; the
+    last one passes upstream's whole suite with the PR's tests, with upstream's
+    pytest and coverage settings, and runs every line the PR adds. Packages that
+    upstream's tests don't install can't be imported in its test runs. Its files
+    go to a temporary folder, or to DIR (kept).
 python scripts/fork.py testdir DEST [--pristine]
     Lay out the folder the test suite runs from: the assembled (or pristine)
     tests/, docs_src/, scripts/, docs/ and pyproject.toml, without fastapi/, so
@@ -82,8 +85,9 @@ import tempfile
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -299,10 +303,16 @@ def build_work_tree(dest: Path, root: Path = ROOT) -> None:
     _apply(dest, fork_backend.patch_files(root))
 
 
+def _pr_settings(root: Path) -> dict[str, Any]:
+    """pyproject.toml's [tool.fork.pr]: the upstream pull request's settings."""
+    with (root / "pyproject.toml").open("rb") as f:
+        settings: dict[str, Any] = tomllib.load(f)["tool"]["fork"]["pr"]
+    return settings
+
+
 def fork_only_files(root: Path = ROOT) -> list[str]:
     """Our files that stay out of the upstream pull request (pyproject.toml)."""
-    with (root / "pyproject.toml").open("rb") as f:
-        prefixes = tomllib.load(f)["tool"]["fork"]["pr"]["fork-only"]
+    prefixes = _pr_settings(root)["fork-only"]
     return [
         rel
         for rel in fork_backend.overlay_files(root)
@@ -799,6 +809,209 @@ def added_lines(diff: str) -> dict[str, set[int]]:
     return lines
 
 
+# The PR's size (pr-check): its changed lines, in all (TOTAL) and per area (a path
+# prefix), against the limits in pyproject.toml's [tool.fork.pr.limits]; and the
+# share of its added test lines (tests/*.py) with NO_COVER, against upstream's.
+TOTAL = "total"
+NO_COVER = "pragma: no cover"
+TEST_FILES = "tests/*.py"  # a git pathspec: also in tests/'s subfolders
+
+
+def pr_size_limits(root: Path = ROOT) -> dict[str, int]:
+    """
+    The PR's size limits, in changed lines (pyproject.toml, [tool.fork.pr.limits]):
+    TOTAL, and one per area, a path prefix ending with "/" ("fastapi/", ...).
+    """
+    limits = _pr_settings(root).get("limits")
+    where = "pyproject.toml's [tool.fork.pr.limits]"
+    if not isinstance(limits, dict) or TOTAL not in limits:
+        raise ForkBuildError(f"{where} must be a table with a {TOTAL!r} limit")
+    for key, value in limits.items():
+        if key != TOTAL and not key.endswith("/"):
+            raise ForkBuildError(
+                f"{where}: {key!r} is neither {TOTAL!r} nor a folder (ending with /)"
+            )
+        if type(value) is not int or value < 0:
+            raise ForkBuildError(f"{where}: {key} must be a whole number of lines")
+    return dict(limits)
+
+
+@dataclass(frozen=True, slots=True)
+class PrSize:
+    """What pr-check measures of the PR's size (measure_pr_size())."""
+
+    # Changed lines (added + removed) per file the PR changes.
+    changed: dict[str, int]
+    # The lines the PR adds to tests/*.py, and how many of them have NO_COVER.
+    test_lines: int
+    test_no_cover: int
+    # The same of upstream's own tests/*.py (all their lines).
+    upstream_test_lines: int
+    upstream_test_no_cover: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.changed.values())
+
+    def area(self, prefix: str) -> int:
+        """The changed lines of the files under `prefix`."""
+        return sum(n for rel, n in self.changed.items() if rel.startswith(prefix))
+
+    def outside(self, prefixes: Iterable[str]) -> int:
+        """The changed lines of the files under none of `prefixes`."""
+        areas = tuple(prefixes)
+        return sum(n for rel, n in self.changed.items() if not rel.startswith(areas))
+
+    def no_cover_over_upstream(self) -> bool:
+        """Whether the PR's tests have a larger share of NO_COVER than upstream's."""
+        if not self.test_no_cover:
+            return False
+        # a/b > c/d without floats (b > 0 here; d == 0: upstream has no tests).
+        return (
+            self.upstream_test_lines == 0
+            or self.test_no_cover * self.upstream_test_lines
+            > self.upstream_test_no_cover * self.test_lines
+        )
+
+
+def changed_line_counts(numstat: str) -> dict[str, int]:
+    """
+    Lines added + removed per file, from `git diff --numstat -z --no-renames` (as
+    `git diff --stat` counts them; a binary file counts none).
+    """
+    changed: dict[str, int] = {}
+    for record in numstat.split("\0"):
+        if record:
+            added, removed, rel = record.split("\t", 2)
+            changed[rel] = sum(int(n) for n in (added, removed) if n != "-")
+    return changed
+
+
+def added_text(diff: str) -> dict[str, list[str]]:
+    """The lines that a `git diff -U0` adds, per file (new side)."""
+    added: dict[str, list[str]] = {}
+    current: list[str] = []
+    left = 0  # lines of the current hunk's new side still to come
+    for line in diff.splitlines():
+        if left:
+            if line.startswith("+"):
+                current.append(line[1:])
+                left -= 1
+        elif line.startswith("+++ "):
+            current = []
+            if line.startswith("+++ b/"):
+                current = added.setdefault(line[len("+++ b/") :], [])
+        elif hunk := _HUNK.match(line):
+            left = int(hunk[2] or "1")
+    return added
+
+
+def _count_lines(tree: Path, rev: str, text: str, pathspec: str) -> int:
+    """How many lines of the files `pathspec` matches at `rev` contain `text`."""
+    result = _run(
+        tree,
+        ["git", "grep", "--count", "--fixed-strings", "-e", text, rev, "--", pathspec],
+        {**os.environ, **TOOL_ENV},
+    )
+    if result.returncode not in (0, 1):  # 1: no line matches
+        raise ForkBuildError(f"git grep failed in {tree}:\n{result.stderr}")
+    return sum(int(line.rpartition(":")[2]) for line in result.stdout.splitlines())
+
+
+def measure_pr_size(tree: Path, base: str = UPSTREAM_TAG, head: str = "HEAD") -> PrSize:
+    """The size of the change from `base` (pristine upstream) to `head`."""
+    numstat = git(tree, "diff", "--numstat", "-z", "--no-renames", base, head)
+    diff = git(
+        tree,
+        "diff",
+        "-U0",
+        "--no-renames",
+        "--src-prefix=a/",
+        "--dst-prefix=b/",
+        base,
+        head,
+        "--",
+        TEST_FILES,
+    )
+    added = [line for lines in added_text(diff).values() for line in lines]
+    return PrSize(
+        changed=changed_line_counts(numstat),
+        test_lines=len(added),
+        test_no_cover=sum(NO_COVER in line for line in added),
+        # An empty pattern matches every line.
+        upstream_test_lines=_count_lines(tree, base, "", TEST_FILES),
+        upstream_test_no_cover=_count_lines(tree, base, NO_COVER, TEST_FILES),
+    )
+
+
+def _areas(limits: Mapping[str, int]) -> list[str]:
+    return [key for key in limits if key != TOTAL]
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part:,} of {whole:,} lines ({100 * part / whole if whole else 0:.3f}%)"
+
+
+def pr_size_problems(size: PrSize, limits: Mapping[str, int]) -> list[str]:
+    """Each limit the PR's size is over, with what to cut."""
+    problems: list[str] = []
+    areas = _areas(limits)
+    if size.total > limits[TOTAL]:
+        most_over_first = sorted(
+            areas, key=lambda area: size.area(area) - limits[area], reverse=True
+        )
+        parts = [f"{a}: {size.area(a):,} of {limits[a]:,}" for a in most_over_first]
+        if other := size.outside(areas):
+            parts.append(f"other files: {other:,}")
+        problems.append(
+            f"the PR changes {size.total:,} lines, over the limit of "
+            f"{limits[TOTAL]:,} ({'; '.join(parts)})"
+        )
+    for area in areas:
+        changed = size.area(area)
+        if changed > limits[area]:
+            problems.append(
+                f"the PR changes {changed:,} lines in {area}, over its limit of "
+                f"{limits[area]:,} (cut {changed - limits[area]:,})"
+            )
+    if size.no_cover_over_upstream():
+        ours = _share(size.test_no_cover, size.test_lines)
+        upstream = _share(size.upstream_test_no_cover, size.upstream_test_lines)
+        problems.append(
+            f'"{NO_COVER}" is on {ours} the PR adds to {TEST_FILES}, more than '
+            f"on upstream's own: {upstream}"
+        )
+    return problems
+
+
+def pr_size_table(size: PrSize, limits: Mapping[str, int]) -> str:
+    """The PR's changed lines per area and in all, beside the limits."""
+    areas = _areas(limits)
+    rows: list[tuple[str, int, int | None]] = [
+        (area, size.area(area), limits[area]) for area in areas
+    ]
+    if other := size.outside(areas):
+        rows.append(("other files", other, None))
+    rows.append((TOTAL, size.total, limits[TOTAL]))
+    width = max(len(name) for name, _, _ in rows)
+    lines = ["PR size, in changed lines (added + removed, against pristine upstream):"]
+    for name, changed, limit in rows:
+        line = f"  {name:<{width}}  {changed:>6,}"
+        if limit is not None:
+            line += f" of {limit:>6,}"
+            if changed > limit:
+                line += f"  OVER by {changed - limit:,}"
+        lines.append(line)
+    ours = _share(size.test_no_cover, size.test_lines)
+    upstream = _share(size.upstream_test_no_cover, size.upstream_test_lines)
+    verdict = "OVER" if size.no_cover_over_upstream() else "at most"
+    lines.append(
+        f'  "{NO_COVER}": on {ours} the PR adds to {TEST_FILES}; '
+        f"{verdict} upstream's share, {upstream}"
+    )
+    return "\n".join(lines)
+
+
 def upstream_test_requirements(pyproject: dict[str, Any]) -> list[str]:
     """
     What upstream's tests run with: its "tests" dependency group (with the groups
@@ -941,6 +1154,13 @@ class PrCheck:
             + ("clean" if whitespace.returncode == 0 else "FAILED")
         )
         return commits
+
+    def size(self) -> None:
+        """The PR's size against its limits (cheap, so before any test run)."""
+        size = measure_pr_size(self.tree)
+        limits = pr_size_limits(self.root)
+        self.problems += pr_size_problems(size, limits)
+        print(pr_size_table(size, limits), flush=True)
 
     def prepare_tests(self) -> None:
         """Make the packages that upstream's tests don't install unimportable."""
@@ -1201,6 +1421,7 @@ def cmd_pr_check(args: argparse.Namespace) -> None:
             work.mkdir(parents=True)
         check = PrCheck(python, work)
         commits = check.build()
+        check.size()
         check.prepare_tests()
         check.prepare_mypy()
         check.baseline()
