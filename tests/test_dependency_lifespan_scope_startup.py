@@ -950,3 +950,47 @@ def test_a_sync_teardown_ends_before_its_dependencies_exit_under_a_native_task_c
 
     asyncio.run(main())
     assert events == ["client down ended", "pool down"]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_teardown_error_in_a_cancelled_startup_is_logged_and_the_cancellation_kept(
+    backend: str, caplog: pytest.LogCaptureFixture
+):
+    scopes: list[anyio.CancelScope] = []
+
+    async def get_pool() -> AsyncGenerator[str]:
+        yield "pool"
+        raise RuntimeError("pool teardown failed")
+
+    async def get_cache(pool: Annotated[str, Depends(get_pool, scope="lifespan")]):
+        # The server's own cancel scope around the lifespan, cancelled mid-set-up.
+        scopes[0].cancel()
+        await anyio.sleep(0)
+
+    app = FastAPI()
+
+    @app.get("/")
+    def read(cache: Annotated[None, Depends(get_cache, scope="lifespan")]) -> None:
+        pass  # pragma: no cover
+
+    async def main() -> None:
+        send_stream, receive_stream = anyio.create_memory_object_stream[Any](10)
+
+        async def send(message: Any) -> None:
+            pass  # pragma: no cover
+
+        async with send_stream, receive_stream:
+            await send_stream.send({"type": "lifespan.startup"})
+            with anyio.CancelScope() as cancel_scope:
+                scopes.append(cancel_scope)
+                await app(
+                    {"type": "lifespan", "state": {}}, receive_stream.receive, send
+                )
+        # The cancellation went on to the scope that asked for it.
+        assert cancel_scope.cancelled_caught
+
+    with caplog.at_level(logging.ERROR, logger="fastapi"):
+        anyio.run(main, backend=backend)
+    assert [r.exc_info[1].args for r in caplog.records if r.exc_info] == [
+        ("pool teardown failed",)
+    ]

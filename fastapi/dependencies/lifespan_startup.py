@@ -347,11 +347,6 @@ def concurrently(app: Any, lifespan_app: ASGIApp) -> ASGIApp:
                     await lifespan_app(scope, receive, send)
                 finally:
                     _current_task_group.reset(token)
-                    current = _current_run.get()
-                    if current is not None and current.graph is not None:
-                        # Ended without tearing down (its task cancelled): tear
-                        # down anyway, in order, before the task group ends.
-                        current.graph.abandon()
         except BaseExceptionGroup as group:
             # The dependencies' tasks keep their errors: this is the lifespan's.
             error = group.exceptions[0]
