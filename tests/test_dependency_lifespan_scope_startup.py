@@ -381,12 +381,17 @@ def test_a_failure_without_waiting_starts_nothing_more():
         events.append("pool up")  # pragma: no cover
         yield "pool"  # pragma: no cover
 
+    async def get_settings() -> str:
+        events.append("settings up")  # pragma: no cover
+        return "settings"  # pragma: no cover
+
     app = FastAPI(concurrent_lifespan_dependencies=True)
 
     @app.get("/")
     def read(
         broken: Annotated[str, Depends(get_broken, scope="lifespan")],
         pool: Annotated[str, Depends(get_pool, scope="lifespan")],
+        settings: Annotated[str, Depends(get_settings, scope="lifespan")],
     ) -> None:
         pass  # pragma: no cover
 
@@ -396,7 +401,8 @@ def test_a_failure_without_waiting_starts_nothing_more():
     assert exc.value.__notes__ == [
         'while setting up the lifespan-scoped dependency "get_broken"'
     ]
-    # Started before the failure, but it had not run yet: it never set up.
+    # Started before the failure (its task, or its turn after get_broken in the
+    # same task), but not run yet: neither ever set up.
     assert events == []
 
 

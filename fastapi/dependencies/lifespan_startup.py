@@ -230,9 +230,18 @@ class SyncGenerator(AbstractAsyncContextManager[Any]):
                 self.abandoned = True
                 return
         finished = threading.Event()
+        exiting: list[bool] = []
         errors: list[BaseException] = []
 
-        def exit_() -> None:
+        def exit_once() -> None:
+            # Each attempt runs this; the first that starts exits, the others
+            # wait for it (an attempt cancelled natively may start later, or never).
+            with self.lock:
+                first = not exiting
+                exiting.append(True)
+            if not first:
+                finished.wait()
+                return
             try:
                 self.entering.wait()
                 if self.entered:
@@ -244,18 +253,17 @@ class SyncGenerator(AbstractAsyncContextManager[Any]):
 
         # Not waiting for the thread pool's capacity (as upstream's teardowns),
         # and shielded: a thread doesn't stop for a cancellation anyway.
-        wait: Callable[[], object] = exit_
         cancelled: BaseException | None = None
         with anyio.CancelScope(shield=True):
             while not finished.is_set():
                 try:
                     await anyio.to_thread.run_sync(
-                        wait, limiter=anyio.CapacityLimiter(1)
+                        exit_once, limiter=anyio.CapacityLimiter(1)
                     )
                 except anyio.get_cancelled_exc_class() as error:
                     # asyncio's task.cancel() goes through a shield, not through
                     # the thread: the dependencies of this one exit after it.
-                    cancelled, wait = error, finished.wait
+                    cancelled = error
         if errors:
             raise errors[0]
         if cancelled is not None:
