@@ -107,7 +107,7 @@ def test_server_without_lifespan_gives_the_clear_error(
     # Three HTTP requests and one WebSocket, each logged with the clear error.
     message = (
         'FastAPIError: The lifespan-scoped dependency "get_pool" is not available: '
-        "the application's lifespan did not run"
+        "the app's lifespan did not run"
     )
     assert server.log().count(message) == 4, server.log()
     assert server.event_names() == []
