@@ -1000,3 +1000,43 @@ def test_a_teardown_error_in_a_cancelled_startup_is_logged_and_the_cancellation_
     assert [r.exc_info[1].args for r in caplog.records if r.exc_info] == [
         ("pool teardown failed",)
     ]
+
+
+def test_a_set_up_that_ends_after_the_startup_failed_is_torn_down_and_the_failure_raised(
+    caplog: pytest.LogCaptureFixture,
+):
+    events: list[str] = []
+    broken = threading.Event()
+
+    def get_broken() -> str:
+        try:
+            raise SetupError("cannot connect")
+        finally:
+            broken.set()
+
+    def get_settings() -> Iterator[str]:
+        assert broken.wait(MEET_SECONDS)
+        # Round trips through the event loop until the startup has seen the failure
+        # (and cancelled this set-up, which goes on in its thread).
+        for _ in range(10_000):  # pragma: no branch
+            if any("get_broken set up: failed" in r.message for r in caplog.records):
+                break
+            anyio.from_thread.run(anyio.sleep, 0)
+        events.append("settings up")
+        yield "settings"
+        events.append("settings down")
+
+    app = FastAPI(concurrent_lifespan_dependencies=True)
+
+    @app.get("/")
+    def read(
+        broken: Annotated[str, Depends(get_broken, scope="lifespan")],
+        settings: Annotated[str, Depends(get_settings, scope="lifespan")],
+    ) -> None:
+        pass  # pragma: no cover
+
+    with caplog.at_level(logging.DEBUG, logger="fastapi"):
+        with pytest.raises(SetupError, match="cannot connect"):
+            with TestClient(app):
+                pass  # pragma: no cover
+    assert events == ["settings up", "settings down"]

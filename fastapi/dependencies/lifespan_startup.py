@@ -617,9 +617,11 @@ class _Graph:
                 await node.may_exit.wait()
             except anyio.get_cancelled_exc_class():
                 # Cancelled while it runs: by a hard cancellation of the lifespan,
-                # or by the task group it opened, whose child task crashed. Either
-                # way the run ends, and this one still exits after its dependents.
-                self.host_scope.cancel()
+                # or by the task group it opened, whose child task crashed (either
+                # way the run ends), or by a failed startup, after its set-up had
+                # outlived that. It still exits after its dependents.
+                if not scope.cancel_called:
+                    self.host_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await node.may_exit.wait()
             try:
