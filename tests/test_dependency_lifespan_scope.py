@@ -44,11 +44,12 @@ async def run_lifespan(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message["type"])
 
+    error: BaseException | None = None
     try:
         await app(scope or {"type": "lifespan", "state": {}}, receive, send)
-    except BaseException as error:
-        return sent, error
-    return sent, None
+    except BaseException as exc:
+        error = exc
+    return sent, error
 
 
 def test_set_up_once_and_shared_everywhere_it_is_declared():
@@ -204,11 +205,18 @@ def per_request() -> None: ...
 def middle(value: Annotated[str, Depends(needs_query)]) -> None: ...
 
 
+def needs_query_and_more(q: str, value: Annotated[None, Depends(per_request)]): ...
+
+
 @pytest.mark.parametrize(
     ("dependency", "message"),
     [
         (needs_query, 'needs the query parameter "q" (through needs_query)'),
         (needs_request, 'needs the parameter "request" (request) (through'),
+        (
+            needs_query_and_more,
+            'needs the query parameter "q" (through needs_query_and_more)',
+        ),
         (
             middle,
             'needs the query parameter "q" (through middle -> value=needs_query)',
@@ -371,7 +379,7 @@ def test_set_up_failure_fails_the_startup_and_unwinds_the_app(catches: bool):
     events: list[str] = []
     get_pool = make_pool(events)
 
-    def get_client(pool: Annotated[Pool, Depends(get_pool, scope="lifespan")]):
+    async def get_client(pool: Annotated[Pool, Depends(get_pool, scope="lifespan")]):
         raise SetUpError("cannot connect")
 
     app = FastAPI(lifespan=app_lifespan(events, catches=catches))
@@ -409,16 +417,16 @@ def test_every_teardown_and_the_app_shutdown_run_when_teardowns_fail(
         events.append("app shutdown")
         raise RuntimeError("app shutdown failed")
 
-    def one():
+    async def one():
         yield "one"
         events.append("one down")
 
-    def two(one: Annotated[str, Depends(one, scope="lifespan")]):
+    async def two(one: Annotated[str, Depends(one, scope="lifespan")]):
         yield "two"
         events.append("two down")
         raise error
 
-    def six(two: Annotated[str, Depends(two, scope="lifespan")]):
+    async def six(two: Annotated[str, Depends(two, scope="lifespan")]):
         yield "six"
         events.append("six down")
         raise SetUpError()
@@ -480,14 +488,14 @@ def test_a_server_without_lifespan_state_fails_the_startup():
 
 
 def test_a_generator_that_does_not_yield_is_named():
-    def get_pool():
+    async def get_pool():
         if False:
             yield
 
     app = FastAPI(dependencies=[Depends(get_pool, scope="lifespan")])
     with pytest.raises(RuntimeError, match="generator didn't yield") as exc:
         with TestClient(app):
-            pass
+            ...
     assert exc.value.__notes__ == [
         'while setting up the lifespan-scoped dependency "get_pool"'
     ]
