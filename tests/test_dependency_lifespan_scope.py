@@ -32,11 +32,11 @@ def make_pool(events: list[str]):
 
 
 async def run_lifespan(
-    app: Any, scope: dict[str, Any] | None = None
+    app: Any, scope: dict[str, Any] | None = None, last: str = "lifespan.shutdown"
 ) -> tuple[list[str], BaseException | None]:
     """The messages the app sends for a startup and a shutdown, and its error."""
     sent: list[str] = []
-    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    messages = [{"type": "lifespan.startup"}, {"type": last}]
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0)
@@ -485,6 +485,15 @@ def test_a_server_without_lifespan_state_fails_the_startup():
     sent, error = anyio.run(run_lifespan, app, {"type": "lifespan"})
     assert sent == ["lifespan.startup.failed"]
     assert "does not support lifespan state" in str(error)
+
+
+def test_any_message_after_the_startup_ends_the_run():
+    events: list[str] = []
+    app = FastAPI(dependencies=[Depends(make_pool(events), scope="lifespan")])
+    sent, error = anyio.run(run_lifespan, app, None, "lifespan.unknown")
+    assert sent[0] == "lifespan.startup.complete"
+    assert error is None
+    assert events == ["pool up", "pool down"]
 
 
 def test_a_generator_that_does_not_yield_is_named():

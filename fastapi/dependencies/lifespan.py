@@ -213,7 +213,8 @@ def lifespan_dependencies_app(app: Any, lifespan_app: ASGIApp) -> ASGIApp:
                 except BaseException as error:
                     await tear_down(error, ours=False)
                 else:
-                    if message["type"] == "lifespan.shutdown":
+                    # As Starlette's lifespan, any message after the startup ends it.
+                    if started or message["type"] == "lifespan.shutdown":
                         await tear_down(None, ours=True)
                     return message
             return {"type": "lifespan.shutdown"}
