@@ -230,15 +230,15 @@ class SyncGenerator(AbstractAsyncContextManager[Any]):
                 self.abandoned = True
                 return
         finished = threading.Event()
-        exiting: list[bool] = []
+        exiting = False
         errors: list[BaseException] = []
 
         def exit_once() -> None:
             # Each attempt runs this; the first that starts exits, the others
             # wait for it (an attempt cancelled natively may start later, or never).
+            nonlocal exiting
             with self.lock:
-                first = not exiting
-                exiting.append(True)
+                first, exiting = not exiting, True
             if not first:
                 finished.wait()
                 return
