@@ -26,7 +26,7 @@ python scripts/fork.py pr [--output dist/pr] [--author "NAME <EMAIL>"] [--date D
     and <!-- /fork-only -->), authored by your git identity (or --author) at
     the current time (or --date), and its description, PR.md (from
     docs/pr/PR.md).
-python scripts/fork.py pr-check [--python PY] [--workdir DIR]
+python scripts/fork.py pr-check [--python PY] [--workdir DIR] [--upstream-tests FILE]
     Check the upstream pull request as a FastAPI maintainer's CI would, with PY
     (default: this Python; it needs requirements-tests.txt, ty among them): its
     format-patch applies with git am --3way to pristine upstream and git diff
@@ -38,7 +38,10 @@ python scripts/fork.py pr-check [--python PY] [--workdir DIR]
     last one passes upstream's whole suite with the PR's tests, with upstream's
     pytest and coverage settings, and runs every line the PR adds. Packages that
     upstream's tests don't install can't be imported in its test runs. Its files
-    go to a temporary folder, or to DIR (kept).
+    go to a temporary folder, or to DIR (kept). With --upstream-tests FILE (node
+    ids, one a line, such as the tests during which an app's lifespan ran on the
+    fork: see CONTRIBUTING.md), the last commit runs the PR's tests and only
+    those of FILE's upstream tests that its tree has, instead of the whole suite.
 python scripts/fork.py testdir DEST [--pristine]
     Lay out the folder the test suite runs from: the assembled (or pristine)
     tests/, docs_src/, scripts/, docs/ and pyproject.toml, without fastapi/, so
@@ -785,6 +788,25 @@ def changed_test_files(names: Iterable[str]) -> list[str]:
     )
 
 
+def final_selection(
+    tree: Path, pr_tests: Iterable[str], listed: Iterable[str]
+) -> tuple[list[str], int]:
+    """
+    What the final suite runs when it is narrowed to a list: the PR's test files,
+    then the listed node ids of the other test files that the tree has; and how
+    many listed node ids are of files the tree lacks (the fork's own).
+    """
+    files = set(pr_tests)
+    paths = {node: node.partition("::")[0] for node in listed}
+    kept = sorted(
+        node
+        for node, path in paths.items()
+        if path not in files and (tree / path).is_file()
+    )
+    missing = sum(not (tree / path).is_file() for path in paths.values())
+    return [*sorted(files), *kept], missing
+
+
 def changed_modules(names: Iterable[str]) -> list[str]:
     """The fastapi modules among the paths a commit adds or changes."""
     return sorted(
@@ -1108,6 +1130,9 @@ class PrCheck:
         self.ty_baseline: Counter[str] = Counter()
         self.blocked_plugins: list[str] = []
         self.test_env = dict(os.environ)
+        # Node ids: the final suite runs these and the PR's tests (None: the
+        # whole suite).
+        self.upstream_tests: list[str] | None = None
 
     def py(
         self, *args: str, env: dict[str, str] | None = None
@@ -1335,6 +1360,23 @@ class PrCheck:
         self.py("-m", "coverage", "erase")
         log = self.work / "pytest.log"
         command = [self.python, *PR_SUITE, *PYTEST_QUIET, "-rfE", *self.pytest_args()]
+        what = "upstream's suite and the PR's tests"
+        if self.upstream_tests is not None:
+            diff = ["diff", "--name-only", "--no-renames", "--diff-filter=d"]
+            names = git(self.tree, *diff, UPSTREAM_TAG, head).splitlines()
+            pr_tests = changed_test_files(names)
+            selected, not_in_tree = final_selection(
+                self.tree, pr_tests, self.upstream_tests
+            )
+            command = [
+                *(arg for arg in command if arg not in ("tests", "scripts/tests/")),
+                *selected,
+            ]
+            what = (
+                f"the PR's {len(pr_tests)} test files and {len(selected) - len(pr_tests)} "
+                f"listed upstream tests (and {not_in_tree} listed of files the PR's tree "
+                "lacks)"
+            )
         with log.open("w") as out:
             suite = subprocess.run(
                 command,
@@ -1348,12 +1390,11 @@ class PrCheck:
         counts = _last_line(output)
         if suite.returncode != 0:
             self.problems.append(
-                f"upstream's suite with the PR's tests failed ({counts}), log in "
-                f"{log}:\n" + _tail(output, 60)
+                f"{what} failed ({counts}), log in {log}:\n" + _tail(output, 60)
             )
         print(
-            f"upstream's suite and the PR's tests on the last commit, with upstream's "
-            f"settings: {counts} ({time.monotonic() - began:.0f}s)",
+            f"{what} on the last commit, with upstream's settings: {counts} "
+            f"({time.monotonic() - began:.0f}s)",
             flush=True,
         )
         self.py("-m", "coverage", "combine", "--quiet")
@@ -1403,7 +1444,7 @@ class PrCheck:
             f"{sum(len(ours[rel]) for rel in measured)} lines the PR adds or changes "
             f"in {len(measured)} measured files "
             + ("not run" if missing else "run")
-            + f" (the tree's total: {report['totals']['percent_covered']:.2f}%)"
+            + f" (the run's total: {report['totals']['percent_covered']:.2f}%)"
             + "; not measured (the tree's coverage settings): "
             + (", ".join(unmeasured) or "none")
         )
@@ -1420,6 +1461,9 @@ def cmd_pr_check(args: argparse.Namespace) -> None:
                 shutil.rmtree(work)
             work.mkdir(parents=True)
         check = PrCheck(python, work)
+        if args.upstream_tests is not None:
+            listed = Path(args.upstream_tests).read_text().splitlines()
+            check.upstream_tests = [line for line in listed if line.strip()]
         commits = check.build()
         check.size()
         check.prepare_tests()
@@ -1604,6 +1648,12 @@ def main(argv: list[str] | None = None) -> None:
     pr_check = sub.add_parser("pr-check")
     pr_check.add_argument("--python", default=sys.executable)
     pr_check.add_argument("--workdir", help="build and keep the check's files here")
+    pr_check.add_argument(
+        "--upstream-tests",
+        metavar="FILE",
+        help="the last commit runs the PR's tests and these upstream tests (node "
+        "ids, one a line), not the whole suite",
+    )
     pr_check.set_defaults(func=cmd_pr_check)
     sub.add_parser("upstream-sdist").set_defaults(func=cmd_upstream_sdist)
     inputs = sub.add_parser("build-inputs")

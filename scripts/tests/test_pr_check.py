@@ -32,7 +32,10 @@ def test_new_diagnostics_are_what_the_baseline_has_fewer_of():
     baseline = fork.ty_diagnostics(TY_OUTPUT)
     moved = TY_OUTPUT.replace(":3:5:", ":30:5:").replace(":40:5:", ":41:9:")
     assert fork.new_diagnostics(baseline, fork.ty_diagnostics(moved)) == []
-    one_more = moved + "fastapi/a.py:12:1: warning[redundant-condition] Name `x` is always truthy\n"
+    one_more = (
+        moved
+        + "fastapi/a.py:12:1: warning[redundant-condition] Name `x` is always truthy\n"
+    )
     assert fork.new_diagnostics(baseline, fork.ty_diagnostics(one_more)) == [
         "fastapi/a.py: warning[redundant-condition] Name `x` is always truthy"
     ]
@@ -57,6 +60,29 @@ def test_changed_test_files_and_modules():
     assert fork.changed_modules(names) == ["fastapi", "fastapi.dependencies.lifespan"]
 
 
+def test_the_final_selection_is_the_prs_files_and_the_other_listed_tests(
+    tmp_path: Path,
+):
+    for rel in ("tests/test_a.py", "tests/test_pr.py", "tests/test_b.py"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).touch()
+    listed = [
+        "tests/test_b.py::test_two[x y]",
+        "tests/test_pr.py::test_one",
+        "tests/test_fork_only.py::test_one",
+        "tests/test_a.py::test_one",
+        "tests/test_b.py::test_two[x y]",
+    ]
+    assert fork.final_selection(tmp_path, ["tests/test_pr.py"], listed) == (
+        [
+            "tests/test_pr.py",
+            "tests/test_a.py::test_one",
+            "tests/test_b.py::test_two[x y]",
+        ],
+        1,
+    )
+
+
 def test_added_lines_are_the_new_sides_lines(tmp_path: Path):
     fork.git(tmp_path, "init", "-q")
     (tmp_path / "a.py").write_text("".join(f"line{n}\n" for n in range(1, 11)))
@@ -69,7 +95,9 @@ def test_added_lines_are_the_new_sides_lines(tmp_path: Path):
     (tmp_path / "a.py").write_text("".join(lines))
     (tmp_path / "new.py").write_text("one\ntwo\n")
     fork.git(tmp_path, "add", "-A")
-    diff = fork.git(tmp_path, "diff", "-U0", "--cached", "--src-prefix=a/", "--dst-prefix=b/")
+    diff = fork.git(
+        tmp_path, "diff", "-U0", "--cached", "--src-prefix=a/", "--dst-prefix=b/"
+    )
     assert fork.added_lines(diff) == {"a.py": {2, 6, 7}, "new.py": {1, 2}}
 
 
