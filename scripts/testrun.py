@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import resource
 import shlex
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +61,11 @@ OUR_TESTS = (
     "tests/test_dependency_lifespan_scope*",
     "tests/test_tutorial/test_lifespan_scoped_dependencies",
 )
+# How many of the steps that run side by side in a full run (Step.alongside) run
+# at once: they spend much of their time waiting (for servers, the network, the
+# processes they start), so on 2 cores three at a time take less time than one
+# after another.
+SIDE_BY_SIDE = 3
 # Run apps in server processes of their own: out of the forced-concurrent pass.
 SERVER_TESTS = "tests/test_dependency_lifespan_scope_servers"
 PYTEST_QUIET = ["-p", "no:sugar", "-p", "no:cacheprovider", "-q", "-rfEsx"]
@@ -185,6 +190,9 @@ class Step:
     run: Callable[[Runner, list[str]], str | None]
     pytest: bool = True
     in_full_run: bool = True
+    # In a full run, side by side with the other such steps next to it, its
+    # output to its log only.
+    alongside: bool = False
 
 
 @dataclass
@@ -229,6 +237,17 @@ class LoadSampler:
         return f"{min(seen):.1f} to {max(seen):.1f}"
 
 
+class StepState(threading.local):
+    """What a running step has of its own, in each thread that runs one."""
+
+    def __init__(self) -> None:
+        self.log: IO[bytes] | None = None
+        self.console = True
+        self.failed_tests: list[str] = []
+        # The CPU time of the commands it ran (their processes and what they waited for).
+        self.cpu = 0.0
+
+
 class Runner:
     """One invocation of the test command: what it built, how its steps ended."""
 
@@ -238,8 +257,7 @@ class Runner:
         self.pytest_args = pytest_args
         self.ready: set[str] = set()
         self.broken: dict[str, str] = {}
-        self.log: IO[bytes] | None = None
-        self.failed_tests: list[str] = []
+        self.step = StepState()
         self.pythons = {
             version: find_python(version)
             for version in SUPPORTED_PYTHONS
@@ -248,12 +266,22 @@ class Runner:
 
     # Output: the console and the current step's log.
 
-    def say(self, text: str) -> None:
+    @property
+    def failed_tests(self) -> list[str]:
+        return self.step.failed_tests
+
+    @failed_tests.setter
+    def failed_tests(self, tests: list[str]) -> None:
+        self.step.failed_tests = tests
+
+    def say(self, text: str, *, console: bool = False) -> None:
+        """A line to the step's log, and to the console unless the step runs alongside others."""
         data = (text + "\n").encode()
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-        if self.log is not None:
-            self.log.write(data)
+        if console or self.step.console:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        if self.step.log is not None:
+            self.step.log.write(data)
 
     def sh(
         self,
@@ -263,7 +291,7 @@ class Runner:
         env: dict[str, str] | None = None,
         check: bool = True,
     ) -> int:
-        """Run a command, its output to the console and the step's log."""
+        """Run a command, its output to the step's log (and the console, see say())."""
         with subprocess.Popen(
             command,
             cwd=cwd,
@@ -274,10 +302,15 @@ class Runner:
         ) as process:
             assert process.stdout is not None
             while chunk := process.stdout.read1(65536):  # type: ignore[attr-defined]
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-                if self.log is not None:
-                    self.log.write(chunk)
+                if self.step.console:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                if self.step.log is not None:
+                    self.step.log.write(chunk)
+            # Reaped here for its CPU time, which counts what it waited for.
+            _, wait_status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(wait_status)
+            self.step.cpu += usage.ru_utime + usage.ru_stime
         status = process.returncode
         if check and status != 0:
             raise StepFailed(f"{shlex.join(command)} exited with status {status}")
@@ -886,6 +919,7 @@ def steps(runner: Runner | None = None) -> list[Step]:
                 f"py{version}",
                 f"the fork's own tests on Python {version} ({where})",
                 python_step(version),
+                alongside=True,
             )
         )
     return [
@@ -916,29 +950,34 @@ def steps(runner: Runner | None = None) -> list[Step]:
             "upstream's tests must run as on pristine upstream",
             step_fork,
         ),
+        # The longest first: three of these run at once in a full run.
+        Step(
+            "tooling",
+            "our tooling's tests (scripts/tests/), the install test among them",
+            step_tooling,
+            alongside=True,
+        ),
+        *found,
         Step(
             "concurrent",
             "again with every app's lifespan dependencies set up concurrently, the "
             "tests during which an app's lifespan ran in the step fork",
             step_concurrent,
-        ),
-        *found,
-        Step(
-            "tooling",
-            "our tooling's tests (scripts/tests/), the install test among them",
-            step_tooling,
+            alongside=True,
         ),
         Step(
             "pr-check",
             "the upstream pull request check (scripts/fork.py pr-check)",
             step_pr_check,
             pytest=False,
+            alongside=True,
         ),
         Step(
             "lint",
             "upstream's scripts/lint.sh on the assembled package; ruff and mypy --strict on our tooling",
             step_lint,
             pytest=False,
+            alongside=True,
         ),
         Step(
             "benchmark",
@@ -964,15 +1003,27 @@ def steps(runner: Runner | None = None) -> list[Step]:
     ]
 
 
-def run_step(runner: Runner, step: Step, args: list[str], started: float) -> Outcome:
+def run_step(
+    runner: Runner,
+    step: Step,
+    args: list[str],
+    started: float,
+    *,
+    console: bool = True,
+) -> Outcome:
+    """Run a step; with console=False, its output goes to its log only."""
     BUILD.joinpath("logs").mkdir(parents=True, exist_ok=True)
     log_path = BUILD / "logs" / f"{step.name}.log"
     began = time.monotonic()
-    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    runner.failed_tests = []
+    state = runner.step
+    state.cpu, state.failed_tests, state.console = 0.0, [], console
     with log_path.open("wb") as log:
-        runner.log = log
-        runner.say(f"\n=== {step.name}: {step.title} ({duration(began - started)} in)")
+        state.log = log
+        beside = "" if console else f"; beside others, its output in {shown(log_path)}"
+        runner.say(
+            f"\n=== {step.name}: {step.title} ({duration(began - started)} in{beside})",
+            console=True,
+        )
         result, note = "ok", ""
         try:
             note = step.run(runner, args) or ""
@@ -981,11 +1032,12 @@ def run_step(runner: Runner, step: Step, args: list[str], started: float) -> Out
         except fork_backend.ForkBuildError as error:
             result, note = "FAILED", str(error)
         if note:
-            runner.say(f"--- {step.name}: {result}: {note}")
-        runner.log = None
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    used = (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)
-    outcome = Outcome(step, result, time.monotonic() - began, used, note)
+            runner.say(f"--- {step.name}: {result}: {note}", console=True)
+        state.log = None
+    if result == "FAILED" and not console:
+        tail = log_path.read_text(errors="replace").splitlines()[-40:]
+        print(f"--- the end of {shown(log_path)}:\n" + "\n".join(tail), flush=True)
+    outcome = Outcome(step, result, time.monotonic() - began, state.cpu, note)
     if result == "FAILED":
         rerun = ["bash", "scripts/test.sh", step.name, *args]
         outcome.rerun.append(shlex.join(rerun))
@@ -1074,17 +1126,31 @@ def full_run(runner: Runner, record: bool) -> int:
         shutil.rmtree(BUILD)
     BUILD.mkdir(parents=True)
     outcomes: list[Outcome] = []
+    batch: list[Step] = []
+
+    def run(step: Step, console: bool) -> Outcome:
+        if step.name.startswith("py") and runner.pythons.get(step.name[2:]) is None:
+            return Outcome(step, "not run", 0, 0, f"no Python {step.name[2:]} found")
+        args = runner.pytest_args if step.pytest else []
+        return run_step(runner, step, args, started, console=console)
+
+    def run_batch() -> None:
+        with ThreadPoolExecutor(SIDE_BY_SIDE) as pool:
+            outcomes.extend(pool.map(lambda step: run(step, False), batch))
+        batch.clear()
+
     with LoadSampler() as load:
         for step in steps(runner):
             if not step.in_full_run:
                 continue
-            if step.name.startswith("py") and runner.pythons.get(step.name[2:]) is None:
-                outcomes.append(
-                    Outcome(step, "not run", 0, 0, f"no Python {step.name[2:]} found")
-                )
+            if step.alongside:
+                batch.append(step)
                 continue
-            args = runner.pytest_args if step.pytest else []
-            outcomes.append(run_step(runner, step, args, started))
+            if batch:
+                run_batch()
+            outcomes.append(run(step, True))
+        if batch:
+            run_batch()
     text = summary(
         outcomes, time.monotonic() - started, load.describe(), runner.pytest_args
     )
@@ -1123,9 +1189,14 @@ def list_steps(runner: Runner) -> str:
     everything = steps(runner)
     width = max(len(s.name) for s in everything)
     lines = [
-        "The full run's steps, in order (bash scripts/test.sh STEP [pytest args] runs one):"
+        "The full run's steps, in order (bash scripts/test.sh STEP [pytest args] runs "
+        f"one; those marked * run {SIDE_BY_SIDE} at a time, side by side):"
     ]
-    lines += [f"  {s.name:<{width}}  {s.title}" for s in everything if s.in_full_run]
+    lines += [
+        f"{'*' if s.alongside else ' '} {s.name:<{width}}  {s.title}"
+        for s in everything
+        if s.in_full_run
+    ]
     lines += ["Not in the full run:"]
     lines += [
         f"  {s.name:<{width}}  {s.title}" for s in everything if not s.in_full_run

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import fork
@@ -160,9 +161,13 @@ def test_list_names_the_steps_and_the_pythons_found(checkout: Path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     not_in_full_run = lines.index("Not in the full run:")
-    names = [line.split()[0] for line in lines[1:not_in_full_run]]
-    assert names[:5] == ["setup", "series", "upstream", "fork", "concurrent"]
-    assert names[-5:] == ["tooling", "pr-check", "lint", "benchmark", "coverage"]
+    listed = [(line[:2], line[2:].split()[0]) for line in lines[1:not_in_full_run]]
+    names = [name for _, name in listed]
+    assert names[:4] == ["setup", "series", "upstream", "fork"]
+    assert names[-2:] == ["benchmark", "coverage"]
+    alongside = [name for mark, name in listed if mark == "* "]
+    assert alongside == names[4:-2]
+    assert {"tooling", "concurrent", "pr-check", "lint"} <= set(alongside)
     assert [line.split()[0] for line in lines[not_in_full_run + 1 :]] == [
         "record-baseline"
     ]
@@ -211,9 +216,7 @@ def fake_step(name: str, failed_tests: list[str] | None = None) -> testrun.Step:
 
 
 @pytest.fixture
-def fake_steps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> list[testrun.Step]:
+def fake_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[testrun.Step]:
     steps = [
         fake_step("first"),
         fake_step("broken", ["tests/test_a.py::test_b[x y]@group", "tests/test_c.py"]),
@@ -267,6 +270,68 @@ def test_one_step_runs_alone_with_its_pytest_arguments(
     assert not (testrun.BUILD / "summary.md").exists()
 
 
+def test_steps_alongside_run_side_by_side_their_output_in_their_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.setattr(testrun, "BUILD", tmp_path / "build" / "test")
+    # Each of the first two waits for a file that the other one writes: they end
+    # only if they run at the same time.
+    meet = [tmp_path / "first-here", tmp_path / "second-here"]
+    wait = (
+        "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); "
+        "end = time.monotonic() + 60\n"
+        "while not pathlib.Path(sys.argv[2]).exists(): "
+        "assert time.monotonic() < end; time.sleep(0.01)\n"
+        "print(sys.argv[1], 'met the other step')"
+    )
+    # CPU time, certain by construction: it spins until it has used 1.2 s.
+    spin = "import time\nwhile time.process_time() < 1.2: pass"
+
+    def meeting(mine: Path, other: Path) -> Callable[[testrun.Runner, list[str]], str]:
+        def run(runner: testrun.Runner, args: list[str]) -> str:
+            runner.sh([sys.executable, "-c", wait, str(mine), str(other)])
+            runner.sh([sys.executable, "-c", spin])
+            return f"{mine.name} is fine"
+
+        return run
+
+    def failing(runner: testrun.Runner, args: list[str]) -> str:
+        runner.sh([sys.executable, "-c", "print('what went wrong')"])
+        runner.failed_tests = ["tests/test_a.py::test_b"]
+        raise testrun.StepFailed("pytest status 1")
+
+    steps = [
+        testrun.Step("one", "step one", meeting(*meet), alongside=True),
+        testrun.Step("two", "step two", meeting(*reversed(meet)), alongside=True),
+        testrun.Step("three", "step three", failing, alongside=True),
+        fake_step("last"),
+    ]
+    monkeypatch.setattr(testrun, "steps", lambda runner=None: steps)
+    assert testrun.main([]) == 1
+    out = capsys.readouterr().out
+    summary = (testrun.BUILD / "summary.md").read_text()
+    rows = [row.split(" | ") for row in summary.splitlines() if row.startswith("| ")]
+    assert [row[0] for row in rows[2:]] == ["| one", "| two", "| three", "| last"]
+    assert [row[1] for row in rows[2:]] == ["ok", "ok", "FAILED", "ok"]
+    # Each one's CPU is its own commands' (1.2 s and a little), not the others'.
+    assert [row[3] for row in rows[2:4]] == ["1 s", "1 s"]
+    for name, mine in (("one", meet[0]), ("two", meet[1])):
+        log = (testrun.BUILD / "logs" / f"{name}.log").read_text()
+        assert f"{mine} met the other step" in log
+        assert f"{mine} met" not in out
+        assert f"=== {name}: step {name} (" in out
+        assert f"--- {name}: ok: {mine.name} is fine" in out
+    # A failed one's last lines, and how to rerun it.
+    assert "--- three: FAILED: pytest status 1" in out
+    assert out.count("what went wrong") == 1
+    log = testrun.shown(testrun.BUILD / "logs" / "three.log")
+    tail = out.partition(f"--- the end of {log}:\n")[2]
+    assert tail.startswith("\n=== three: step three (")
+    assert "\nwhat went wrong\n--- three: FAILED" in tail
+    assert "    bash scripts/test.sh three tests/test_a.py::test_b\n" in summary
+    assert "last ran with []" in out
+
+
 class FakeVenvs:
     """Runner.sh that only records the commands, and makes the venv's python."""
 
@@ -310,9 +375,12 @@ def test_a_venv_is_rebuilt_only_when_what_it_was_built_from_changed(
 
     built = venv()
     assert built[0] == "python3.11 -m venv " + str(testrun.BUILD / "venv-fork")
-    assert built[1] == "uv pip install -q -p " + str(
-        testrun.BUILD / "venv-fork" / "bin" / "python"
-    ) + " -r R --compile-bytecode"
+    assert (
+        built[1]
+        == "uv pip install -q -p "
+        + str(testrun.BUILD / "venv-fork" / "bin" / "python")
+        + " -r R --compile-bytecode"
+    )
     assert "python -m pip install --quiet .[all,standard]" in built
     assert "python -m pip check" in built
     assert venv() == []
@@ -334,7 +402,9 @@ def test_find_python_skips_what_does_not_run_and_takes_pyenvs_newest(
 ):
     def fake(path: Path, version: str | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"#!/bin/sh\necho {version}\n" if version else "#!/bin/sh\nexit 127\n")
+        path.write_text(
+            f"#!/bin/sh\necho {version}\n" if version else "#!/bin/sh\nexit 127\n"
+        )
         path.chmod(0o755)
 
     shims = tmp_path / "shims"
@@ -475,5 +545,7 @@ def test_readme_line_says_how_the_run_ended():
         "to 5.3; Python 3.11.7; 2026-12-03; green: 12 steps ok, 1 not run; "
         "[its steps](docs/test-run.md))"
     )
-    failed = green.replace("Green: 12 steps ok, 0 failed", "FAILED: 11 steps ok, 1 failed")
+    failed = green.replace(
+        "Green: 12 steps ok, 0 failed", "FAILED: 11 steps ok, 1 failed"
+    )
     assert "FAILED: 11 steps ok, 1 failed, 1 not run" in testrun.readme_line(failed)
