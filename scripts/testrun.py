@@ -642,9 +642,10 @@ def compare(recorded: dict[str, Any], measured: dict[str, Any], what: str) -> li
 def step_setup(runner: Runner, args: list[str]) -> str:
     fork_python = runner.fork_python()
     runner.testdir("fork", fork_python)
-    upstream_python = runner.upstream_python()
-    runner.testdir("upstream", upstream_python)
-    return "venvs and test folders in build/test/"
+    return (
+        "the fork's venv and test folder in build/test/ (the others are built by "
+        "the steps that use them)"
+    )
 
 
 def step_series(runner: Runner, args: list[str]) -> str:
@@ -925,9 +926,8 @@ def steps(runner: Runner | None = None) -> list[Step]:
     return [
         Step(
             "setup",
-            "the venvs (requirements-tests.txt, then the fork with pip install "
-            "'.[all,standard]', or pristine upstream from the pinned sdist) and "
-            "the folders the suites run from",
+            "the fork's venv (requirements-tests.txt, then the fork with pip install "
+            "'.[all,standard]') and the folder the suites run from",
             step_setup,
             pytest=False,
         ),
@@ -979,11 +979,13 @@ def steps(runner: Runner | None = None) -> list[Step]:
             pytest=False,
             alongside=True,
         ),
+        # Quick mode measures nothing that is read: it needs no quiet machine.
         Step(
             "benchmark",
             "the benchmark in quick mode (it runs; no timing asserted)",
             step_benchmark,
             pytest=False,
+            alongside=True,
         ),
         Step(
             "coverage",
