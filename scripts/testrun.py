@@ -539,12 +539,15 @@ class Runner:
         python = self.fork_python()
         folder = self.testdir("fork", python)
         records = folder / "records"
+        # The real-server tests run in the step servers, unless named here.
+        named = any(Path(folder, node_path(arg)).exists() for arg in args)
         status = self.whole_suite(
             folder,
             python,
             args,
             "--record-lifespan-tests",
             "records/lifespan-tests.txt",
+            *([] if named else [f"--ignore={SERVER_TESTS}"]),
         )
         if status in (0, 1) and not args:
             (records / "complete.json").write_text(json.dumps(self.fork_state()))
@@ -754,6 +757,24 @@ def step_concurrent(runner: Runner, args: list[str]) -> str:
     return f"{note}: {counts(outcomes)}"
 
 
+def step_servers(runner: Runner, args: list[str]) -> str:
+    python = runner.fork_python()
+    folder = runner.testdir("fork", python)
+    outcome_file = "records/servers-outcomes.json"
+    (folder / "records").mkdir(exist_ok=True)
+    status = runner.suite(
+        folder,
+        python,
+        [SERVER_TESTS],
+        [*RECORDS, "--record-outcomes", outcome_file],
+        args,
+    )
+    outcomes = runner.outcomes_of(folder / outcome_file)
+    if status != 0:
+        raise StepFailed(f"pytest status {status}")
+    return counts(outcomes)
+
+
 def python_step(version: str) -> Callable[[Runner, list[str]], str]:
     def step(runner: Runner, args: list[str]) -> str:
         python = runner.pythons.get(version)
@@ -946,8 +967,8 @@ def steps(runner: Runner | None = None) -> list[Step]:
         ),
         Step(
             "fork",
-            "upstream's suite and ours on the installed fork, under coverage; "
-            "upstream's tests must run as on pristine upstream",
+            "upstream's suite and ours but the real-server tests on the installed "
+            "fork, under coverage; upstream's tests must run as on pristine upstream",
             step_fork,
         ),
         # The longest first: three of these run at once in a full run.
@@ -955,6 +976,12 @@ def steps(runner: Runner | None = None) -> list[Step]:
             "tooling",
             "our tooling's tests (scripts/tests/), the install test among them",
             step_tooling,
+            alongside=True,
+        ),
+        Step(
+            "servers",
+            f"the real-server tests ({SERVER_TESTS}/) on the installed fork",
+            step_servers,
             alongside=True,
         ),
         *found,
