@@ -233,6 +233,28 @@ class Server:
             STOP_TIMEOUT,
         )
 
+    def wait_for_connections_to_close(self, worker: int) -> None:
+        """
+        Wait until the worker process has closed every connection on its port
+        but its listening socket: the clients that left are gone from the server
+        too. (uvicorn stopped while it still holds a WebSocket connection it has
+        already rejected crashes in its shutdown: websockets' `send_eof()` asserts
+        that no EOF was sent yet.)
+        """
+
+        def closed() -> bool:
+            try:
+                connections = psutil.Process(worker).net_connections("tcp")
+            except psutil.NoSuchProcess:
+                return True
+            return all(
+                connection.status == psutil.CONN_LISTEN
+                for connection in connections
+                if connection.laddr.port == self.port
+            )
+
+        self.wait_for(closed, f"worker {worker} to close its connections", STOP_TIMEOUT)
+
     def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
         try:
             returncode = self.process.wait(timeout)

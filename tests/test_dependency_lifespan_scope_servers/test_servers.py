@@ -90,7 +90,7 @@ def test_server_without_lifespan_gives_the_clear_error(
     serve: Serve, server_name: str, lifespan_off: list[str]
 ):
     server = serve(server_name, *lifespan_off)
-    server.wait_ready()
+    worker = server.wait_ready()
     for _ in range(3):
         response = httpx.get(f"{server.url}/async", timeout=CLIENT_TIMEOUT)
         assert response.status_code == 500
@@ -101,6 +101,7 @@ def test_server_without_lifespan_gives_the_clear_error(
     with pytest.raises(InvalidStatus):
         with connect(ws_url(server), open_timeout=CLIENT_TIMEOUT):
             pass  # pragma: no cover
+    server.wait_for_connections_to_close(worker)
 
     assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM), server.log()
 
