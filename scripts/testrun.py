@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -725,6 +725,7 @@ def step_concurrent(runner: Runner, args: list[str]) -> str:
     python = runner.fork_python()
     folder = runner.testdir("fork", python)
     recorded = set((records / "lifespan-tests.txt").read_text().splitlines())
+    untrusted = untrusted_records(recorded)
     selection = sorted(
         t
         for t in recorded
@@ -732,7 +733,6 @@ def step_concurrent(runner: Runner, args: list[str]) -> str:
     )
     options = ["-p", "concurrent_lifespan_dependencies", *RECORDS]
     options += ["--record-outcomes", "records/concurrent-outcomes.json"]
-    untrusted = sorted(t for t in recorded if t.startswith("<"))
     if untrusted:
         note = f"every test (the step fork recorded {', '.join(untrusted)})"
         paths = ["tests", f"--ignore={SERVER_TESTS}"]
@@ -757,22 +757,33 @@ def step_concurrent(runner: Runner, args: list[str]) -> str:
     return f"{note}: {counts(outcomes)}"
 
 
-def step_servers(runner: Runner, args: list[str]) -> str:
-    python = runner.fork_python()
+def untrusted_records(recorded: Iterable[str]) -> list[str]:
+    """
+    What the step fork's record of lifespan tests says beside test ids ("<...>":
+    a lifespan outside any test, a worker without its record): the record can't
+    be used to select tests.
+    """
+    return sorted(t for t in recorded if t.startswith("<"))
+
+
+def run_ours(
+    runner: Runner, python: str, name: str, paths: list[str], args: list[str]
+) -> str:
+    """Our tests at PATHS, in the fork's test folder, without coverage; their counts."""
     folder = runner.testdir("fork", python)
-    outcome_file = "records/servers-outcomes.json"
+    outcome_file = f"records/{name}-outcomes.json"
     (folder / "records").mkdir(exist_ok=True)
     status = runner.suite(
-        folder,
-        python,
-        [SERVER_TESTS],
-        [*RECORDS, "--record-outcomes", outcome_file],
-        args,
+        folder, python, paths, [*RECORDS, "--record-outcomes", outcome_file], args
     )
     outcomes = runner.outcomes_of(folder / outcome_file)
     if status != 0:
         raise StepFailed(f"pytest status {status}")
     return counts(outcomes)
+
+
+def step_servers(runner: Runner, args: list[str]) -> str:
+    return run_ours(runner, runner.fork_python(), "servers", [SERVER_TESTS], args)
 
 
 def python_step(version: str) -> Callable[[Runner, list[str]], str]:
@@ -788,19 +799,8 @@ def python_step(version: str) -> Callable[[Runner, list[str]], str]:
             for pattern in OUR_TESTS
             for p in folder.glob(pattern)
         )
-        outcome_file = f"records/{name}-outcomes.json"
-        (folder / "records").mkdir(exist_ok=True)
-        status = runner.suite(
-            folder,
-            venv_python,
-            paths,
-            [*RECORDS, "--record-outcomes", outcome_file],
-            args,
-        )
-        outcomes = runner.outcomes_of(folder / outcome_file)
-        if status != 0:
-            raise StepFailed(f"pytest status {status}")
-        return f"Python {python_version(venv_python)} ({python}): {counts(outcomes)}"
+        ran = run_ours(runner, venv_python, name, paths, args)
+        return f"Python {python_version(venv_python)} ({python}): {ran}"
 
     return step
 
@@ -850,7 +850,7 @@ def step_pr_check(runner: Runner, args: list[str]) -> str:
     recorded = (records / "lifespan-tests.txt").read_text() if records else ""
     if records is None:
         what = "upstream's whole suite and the PR's tests (no complete results of the step fork)"
-    elif any(line.startswith("<") for line in recorded.splitlines()):
+    elif untrusted_records(recorded.splitlines()):
         what = "upstream's whole suite and the PR's tests (the step fork recorded lifespans outside tests)"
     else:
         listed = workdir.parent / "pr-check-upstream-tests.txt"

@@ -207,6 +207,14 @@ class Server:
             STOP_TIMEOUT,
         )
 
+    def sockets_on_port(self, worker: int) -> list[str]:
+        """The states of the worker's TCP sockets on the port (none after it exits)."""
+        try:
+            connections = psutil.Process(worker).net_connections("tcp")
+        except psutil.NoSuchProcess:
+            return []
+        return [c.status for c in connections if c.laddr.port == self.port]
+
     def wait_for_shutdown_to_begin(self, worker: int) -> None:
         """
         Wait until the worker process has closed its listening socket: the first
@@ -216,19 +224,8 @@ class Server:
         worker.)
         """
 
-        def listening() -> bool:
-            try:
-                connections = psutil.Process(worker).net_connections("tcp")
-            except psutil.NoSuchProcess:
-                return False
-            return any(
-                connection.status == psutil.CONN_LISTEN
-                and connection.laddr.port == self.port
-                for connection in connections
-            )
-
         self.wait_for(
-            lambda: not listening(),
+            lambda: psutil.CONN_LISTEN not in self.sockets_on_port(worker),
             f"worker {worker} to stop listening (its shutdown to begin)",
             STOP_TIMEOUT,
         )
@@ -242,18 +239,11 @@ class Server:
         that no EOF was sent yet.)
         """
 
-        def closed() -> bool:
-            try:
-                connections = psutil.Process(worker).net_connections("tcp")
-            except psutil.NoSuchProcess:
-                return True
-            return all(
-                connection.status == psutil.CONN_LISTEN
-                for connection in connections
-                if connection.laddr.port == self.port
-            )
-
-        self.wait_for(closed, f"worker {worker} to close its connections", STOP_TIMEOUT)
+        self.wait_for(
+            lambda: set(self.sockets_on_port(worker)) <= {psutil.CONN_LISTEN},
+            f"worker {worker} to close its connections",
+            STOP_TIMEOUT,
+        )
 
     def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
         try:
