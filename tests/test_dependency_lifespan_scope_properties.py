@@ -3,6 +3,7 @@
 import asyncio
 import inspect
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -10,18 +11,20 @@ from itertools import count
 from typing import Annotated, Any
 
 import anyio
+import anyio.abc
 import pytest
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import DependencyScopeError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 SCOPES = {"lifespan": "lifespan", "request": "request", "unscoped": None}
-# How a lifespan dependency's teardown ends. "hang" awaits far longer than the
-# deadline of the cancel scope the shutdown then runs in (a server's timeout).
+# How a lifespan dependency's teardown ends. "hang" awaits until the shutdown's
+# cancel scope (a server's timeout) reaches its deadline.
 TEARDOWNS = ["ok"] * 10 + ["error", "keyboard", "exit", "cancel", "hang"]
 HANG_SECONDS = 30
-DEADLINE_SECONDS = 0.2
+# A bound on every wait, never reached when the fork works.
+BOUND_SECONDS = 10
 STARTUP_DEADLINE_SECONDS = 2
 
 
@@ -238,14 +241,68 @@ def under_lifespan(nodes: list[Node], top: list[int], target: int) -> bool:
     return any(below(index, False) for index in top)
 
 
+def before_deadline(
+    nodes: list[Node], startup: list[tuple[str, Any]], concurrent: bool
+) -> tuple[list[Instance], list[Instance]] | None:
+    """
+    When an exit code set up at `startup` hangs: the exit codes that end before
+    the shutdown's deadline, and the hung ones that start before it (None when
+    none hangs). In order, those before the first hung one; concurrently, all but
+    the hung ones and what they depend on (those wait for the hung ones to end).
+    """
+    started = [event[1] for event in startup if event[0] == "up"]
+    generators = [
+        instance
+        for instance in started
+        if nodes[instance.node].is_generator and not instance.replacement
+    ]
+    hung = [i for i in generators if nodes[i.node].teardown == "hang"]
+    if not hung:
+        return None
+    if not concurrent:
+        in_order = generators[::-1]
+        return in_order[: in_order.index(hung[0])], hung[:1]
+    subs = {instance.serial: instance.subs for instance in started}
+    below: set[int] = set()
+    pending = [sub for instance in hung for sub in instance.subs]
+    while pending:
+        serial = pending.pop()
+        if serial not in below:
+            below.add(serial)
+            pending.extend(subs[serial])
+    return (
+        [i for i in generators if i not in hung and i.serial not in below],
+        [i for i in hung if i.serial not in below],
+    )
+
+
+class Recorder(logging.Handler):
+    """The fork's records of the exit codes that ended."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.ended: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "lifespan_phase", None) == "tear_down":
+            self.ended.append(record)
+
+
 async def serve(
-    app: FastAPI, path: str, requests: int, log: list[Any]
+    app: FastAPI,
+    path: str,
+    requests: int,
+    log: list[Any],
+    nodes: list[Node],
+    concurrent: bool,
 ) -> tuple[int, list[Any], BaseException | None]:
     """
     Run the app's lifespan as a server would, send `requests` requests to `path`,
-    then shut down inside a cancel scope with a deadline (a server's shutdown
-    timeout). Return how many events the startup logged, the JSON answers and
-    the error the lifespan raised.
+    then shut down inside a cancel scope (a server's shutdown timeout). When an
+    exit code hangs, its deadline is reached once every exit code that doesn't
+    wait for a hung one has ended: certain, whatever the machine's speed. Return
+    how many events the startup logged, the JSON answers and the error the
+    lifespan raised.
     """
     state: dict[str, Any] = {}
     answers: list[Any] = []
@@ -298,7 +355,11 @@ async def serve(
         return json.loads(body)
 
     scopes: list[anyio.CancelScope] = []
-    async with to_app, from_server, anyio.create_task_group() as tg:
+    startup_length = 0
+    recorder = Recorder()
+
+    async def run(tg: anyio.abc.TaskGroup) -> None:
+        nonlocal startup_length
         tg.start_soon(run_lifespan)
         await to_app.send({"type": "lifespan.startup"})
         while not scopes:
@@ -312,12 +373,33 @@ async def serve(
         while sent and sent[0]["type"] == "lifespan.startup.failed" and error is None:
             await anyio.sleep(0.001)
         startup_length = len(log)
-        if sent and sent[0]["type"] == "lifespan.startup.complete":
-            scopes[0].deadline = math.inf
-            for _ in range(requests):
-                answers.append(await get())
-            scopes[0].deadline = anyio.current_time() + DEADLINE_SECONDS
-            await to_app.send({"type": "lifespan.shutdown"})
+        if not (sent and sent[0]["type"] == "lifespan.startup.complete"):
+            return
+        scopes[0].deadline = math.inf
+        for _ in range(requests):
+            answers.append(await get())
+        hanging = before_deadline(nodes, log[:startup_length], concurrent)
+        scopes[0].deadline = anyio.current_time() + BOUND_SECONDS
+        await to_app.send({"type": "lifespan.shutdown"})
+        if hanging is not None:
+            ending, hung = hanging
+            with anyio.fail_after(BOUND_SECONDS):
+                while len(recorder.ended) < len(ending) or any(
+                    ("down", instance) not in log for instance in hung
+                ):
+                    await anyio.sleep(0.001)
+            scopes[0].deadline = anyio.current_time()
+
+    logger = logging.getLogger("fastapi")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(recorder)
+    try:
+        async with to_app, from_server, anyio.create_task_group() as tg:
+            await run(tg)
+    finally:
+        logger.removeHandler(recorder)
+        logger.setLevel(level)
     return startup_length, answers, error
 
 
@@ -327,6 +409,18 @@ async def serve(
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(graphs())
+# A hung exit code whose dependency's exit code fails after the deadline.
+@example(
+    Graph(
+        nodes=[
+            Node("lifespan", False, False, True, False, (), False, "error"),
+            Node("lifespan", False, True, True, False, (0,), False, "hang"),
+        ],
+        top=[1],
+        placement="app",
+        override=None,
+    )
+)
 @pytest.mark.parametrize("concurrent", [False, True])
 def test_random_dependency_graphs(concurrent: bool, graph: Graph):
     nodes, top = graph.nodes, graph.top
@@ -372,7 +466,9 @@ def test_random_dependency_graphs(concurrent: bool, graph: Graph):
     override = None if graph.placement == "mounted" else graph.override
     overridden = override[0] if override else None
     path = "/api/" if graph.placement == "mounted" else "/"
-    startup_length, answers, error = asyncio.run(serve(app, path, 2, log))
+    startup_length, answers, error = asyncio.run(
+        serve(app, path, 2, log, nodes, concurrent)
+    )
 
     # A replacement that needs request data where a lifespan value is needed
     # fails the startup before anything is set up.
@@ -457,22 +553,27 @@ def test_random_dependency_graphs(concurrent: bool, graph: Graph):
     assert len(answers) == 2
     # In teardown order.
     failing = [
-        nodes[event[1].node].teardown
+        (event[1], nodes[event[1].node].teardown)
         for event in log
         if event[0] == "down"
         and event[1].serial in startup_serials
         and nodes[event[1].node].teardown != "ok"
     ]
+    hanging = before_deadline(nodes, startup, concurrent)
     if concurrent:
-        # Independent teardowns end in any order; a hung one ends last, at
-        # the deadline.
-        ended = [kind for kind in failing if kind != "hang"]
+        # Independent teardowns end in any order; a hung one ends at the
+        # deadline, before what it depends on: the first error to end is raised.
+        ended = [
+            kind
+            for instance, kind in failing
+            if kind != "hang" and (hanging is None or instance in hanging[0])
+        ]
         if ended:
             assert isinstance(error, tuple(TEARDOWN_ERRORS[kind] for kind in ended))
         else:
             assert error is None
-    elif not failing or failing[0] == "hang":
+    elif not failing or failing[0][1] == "hang":
         # The deadline's cancellation ends in its own cancel scope.
         assert error is None
     else:
-        assert isinstance(error, TEARDOWN_ERRORS[failing[0]])
+        assert isinstance(error, TEARDOWN_ERRORS[failing[0][1]])
