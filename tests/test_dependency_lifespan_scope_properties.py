@@ -25,7 +25,6 @@ TEARDOWNS = ["ok"] * 10 + ["error", "keyboard", "exit", "cancel", "hang"]
 HANG_SECONDS = 30
 # A bound on every wait, never reached when the fork works.
 BOUND_SECONDS = 10
-STARTUP_DEADLINE_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -261,7 +260,8 @@ def before_deadline(
         return None
     if not concurrent:
         in_order = generators[::-1]
-        return in_order[: in_order.index(hung[0])], hung[:1]
+        first = next(i for i, instance in enumerate(in_order) if instance in hung)
+        return in_order[:first], in_order[first : first + 1]
     subs = {instance.serial: instance.subs for instance in started}
     below: set[int] = set()
     pending = [sub for instance in hung for sub in instance.subs]
@@ -365,10 +365,16 @@ async def serve(
         while not scopes:
             await anyio.sleep(0)
         # A server's startup timeout: when a set-up fails, what was set up is
-        # torn down, and a teardown may hang there too.
-        scopes[0].deadline = anyio.current_time() + STARTUP_DEADLINE_SECONDS
-        while not sent and error is None:
-            await anyio.sleep(0.001)
+        # torn down, and an exit code may hang there too: the timeout is reached
+        # once one does.
+        with anyio.fail_after(BOUND_SECONDS):
+            while not sent and error is None:
+                if any(
+                    event[0] == "down" and nodes[event[1].node].teardown == "hang"
+                    for event in log
+                ):
+                    scopes[0].cancel()
+                await anyio.sleep(0.001)
         # A failed startup is reported, then raised once the lifespan has ended.
         while sent and sent[0]["type"] == "lifespan.startup.failed" and error is None:
             await anyio.sleep(0.001)
