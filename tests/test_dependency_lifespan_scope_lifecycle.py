@@ -149,12 +149,15 @@ def test_composition_with_user_lifespan_and_state():
     ]
 
 
-def cannot_connect() -> str:
-    raise RuntimeError("cannot connect")
-
-
 def app_failing_after(first: Any) -> FastAPI:
-    """An app whose second lifespan dependency fails to set up, after `first`."""
+    """
+    An app whose second lifespan dependency fails to set up, after `first`: it
+    needs it, so also when they are set up concurrently.
+    """
+
+    def cannot_connect(a: Annotated[str, Depends(first, scope="lifespan")]) -> str:
+        raise RuntimeError("cannot connect")
+
     app = FastAPI()
 
     @app.get("/")

@@ -1007,14 +1007,18 @@ def test_a_set_up_that_ends_after_the_startup_failed_is_torn_down_and_the_failur
 ):
     events: list[str] = []
     broken = threading.Event()
+    # Its thread has started: it is set up even when the startup fails first.
+    settings_started = threading.Event()
 
     def get_broken() -> str:
         try:
+            assert settings_started.wait(MEET_SECONDS)
             raise SetupError("cannot connect")
         finally:
             broken.set()
 
     def get_settings() -> Iterator[str]:
+        settings_started.set()
         assert broken.wait(MEET_SECONDS)
         # Round trips through the event loop until the startup has seen the failure
         # (and cancelled this set-up, which goes on in its thread).
