@@ -63,9 +63,9 @@ OUR_TESTS = (
 )
 # How many of the steps that run side by side in a full run (Step.alongside) run
 # at once: they spend much of their time waiting (for servers, the network, the
-# processes they start), so on 2 cores three at a time take less time than one
-# after another.
-SIDE_BY_SIDE = 3
+# processes they start), so on 2 cores four at a time take less time than one
+# after another, and on a machine busy with other jobs they get a larger share.
+SIDE_BY_SIDE = 4
 # Run apps in server processes of their own: out of the forced-concurrent pass.
 SERVER_TESTS = "tests/test_dependency_lifespan_scope_servers"
 PYTEST_QUIET = ["-p", "no:sugar", "-p", "no:cacheprovider", "-q", "-rfEsx"]
@@ -971,7 +971,7 @@ def steps(runner: Runner | None = None) -> list[Step]:
             "fork, under coverage; upstream's tests must run as on pristine upstream",
             step_fork,
         ),
-        # The longest first: three of these run at once in a full run.
+        # The longest first: SIDE_BY_SIDE of these run at once in a full run.
         Step(
             "tooling",
             "our tooling's tests (scripts/tests/), the install test among them",
