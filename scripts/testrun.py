@@ -64,7 +64,7 @@ OUR_TESTS = (
 # How many of the steps that run side by side in a full run (Step.alongside) run
 # at once: they spend much of their time waiting (for servers, the network, the
 # processes they start), so on 2 cores four at a time take less time than one
-# after another, and on a machine busy with other jobs they get a larger share.
+# after another (on a machine busy with other jobs, about as long as three).
 SIDE_BY_SIDE = 4
 # Run apps in server processes of their own: out of the forced-concurrent pass.
 SERVER_TESTS = "tests/test_dependency_lifespan_scope_servers"
