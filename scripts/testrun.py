@@ -168,6 +168,11 @@ def node_path(node_id: str) -> str:
     return node_id.split("::", 1)[0]
 
 
+def names_tests(folder: Path, args: list[str]) -> bool:
+    """Whether the pytest arguments name tests (paths in FOLDER) to run instead."""
+    return any(Path(folder, node_path(arg)).exists() for arg in args)
+
+
 def without_group(node_id: str) -> str:
     """The node id without the "@group" that xdist's --dist loadgroup adds."""
     return re.sub(r"@[^@\[\]:]*$", "", node_id)
@@ -540,7 +545,7 @@ class Runner:
         folder = self.testdir("fork", python)
         records = folder / "records"
         # The real-server tests run in the step servers, unless named here.
-        named = any(Path(folder, node_path(arg)).exists() for arg in args)
+        named = names_tests(folder, args)
         status = self.whole_suite(
             folder,
             python,
@@ -593,7 +598,7 @@ class Runner:
         )
         if coverage:
             self.sh([python, "-m", "coverage", "erase"], cwd=folder, env=env)
-        if any(Path(folder, node_path(arg)).exists() for arg in args):
+        if names_tests(folder, args):
             paths = []
         command = [python, "-m", "pytest", "-n", workers, "--dist", "loadgroup"]
         status = self.sh(
@@ -809,11 +814,7 @@ def step_tooling(runner: Runner, args: list[str]) -> str:
     python = runner.fork_python()
     env = dict(os.environ, PYTHONPATH=str(PLUGINS))
     outcome_file = BUILD / "tooling-outcomes.json"
-    paths = (
-        []
-        if any(Path(ROOT, node_path(a)).exists() for a in args)
-        else ["scripts/tests"]
-    )
+    paths = [] if names_tests(ROOT, args) else ["scripts/tests"]
     status = runner.sh(
         [
             python,
